@@ -1,0 +1,146 @@
+"""The configuration schema: every field, its default, and validation.
+
+``base_config()`` is what ``configs/*.py`` start from. Top-level training
+fields (``epochs_first``, ``lr``, ...) are defaults for every strategy; a
+strategy's own section (``config.<name>``) holds its hyperparameters and may
+override any training field (Tables 4-5 give each strategy its own epochs and
+learning rates): ``strategy_hparams(config, name)`` merges the two.
+"""
+
+from __future__ import annotations
+
+import math
+
+import ml_collections
+from ml_collections import config_dict
+
+# Training fields a strategy section may override (None there = use the top-level value).
+TRAINING_FIELDS = ("epochs_first", "epochs", "lr_first", "lr", "batch_size", "optimizer", "momentum", "head")
+HEADS = ("default", "maximal", "expanding")
+SETTINGS = ("sit", "mt")
+
+
+def strategy_section(**hparams) -> ml_collections.ConfigDict:
+    """A strategy's config section: its own hyperparameters plus overridable training fields."""
+    section = ml_collections.ConfigDict()
+    section.epochs_first = config_dict.placeholder(int)
+    section.epochs = config_dict.placeholder(int)
+    section.lr_first = config_dict.placeholder(float)
+    section.lr = config_dict.placeholder(float)
+    section.batch_size = config_dict.placeholder(int)
+    section.optimizer = config_dict.placeholder(str)
+    section.momentum = config_dict.placeholder(float)
+    section.head = config_dict.placeholder(str)
+    for name, value in hparams.items():
+        setattr(section, name, value)
+    return section
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    # Data and scenario.
+    c.dataset = "digits"  # digits | fashion_mnist
+    c.data_dir = ""  # dataset directory; "" = the dataset's default location
+    c.setting = "sit"  # sit: one head, no task labels | mt: one head per batch + task oracle
+    c.classes_per_batch = 2  # classes in each batch B_i, i > 1
+    c.first_batch_classes = 0  # classes in B_1; 0 = classes_per_batch (CORe50 NC: 10)
+    c.num_batches = 0  # keep only the first N batches; 0 = all
+    # Model.
+    c.model = "mlp"  # mlp | cifarnet
+    c.hidden_sizes = (400, 400)  # MLP hidden layers
+    # Experiment.
+    c.strategies = "naive,cumulative"  # comma-separated strategy names, run in this order
+    c.num_runs = 3  # runs with different class orders (run 0: natural order)
+    c.seed = 0  # class orders and PRNG keys derive from (seed, run)
+    # Training defaults for every strategy (B_1 and B_i>1 as in Tables 4-5).
+    c.epochs_first = 5
+    c.epochs = 5
+    c.lr_first = 0.05
+    c.lr = 0.05
+    c.batch_size = 32
+    c.optimizer = "sgd"  # sgd | adam
+    c.momentum = 0.0
+    c.head = "default"  # default (the strategy's, App. A) | maximal | expanding
+    c.eval_batch_size = 1000  # test examples per evaluation chunk
+    # Strategies (one section each).
+    c.naive = strategy_section()
+    c.cumulative = strategy_section(epochs=10)
+    return c
+
+
+def strategy_names(config) -> list[str]:
+    return [name.strip() for name in config.strategies.split(",") if name.strip()]
+
+
+def strategy_hparams(config, name: str) -> ml_collections.ConfigDict:
+    """Flat hyperparameters of one strategy: its section over the top-level training fields."""
+    merged = {field: config[field] for field in TRAINING_FIELDS}
+    section = config.get(name)
+    if section is not None:
+        for key, value in section.items():
+            if value is not None:
+                merged[key] = value
+    return ml_collections.ConfigDict(merged)
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message is one sentence naming field, value and what is allowed."""
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _positive_int(value, field: str) -> None:
+    _check(
+        isinstance(value, int) and not isinstance(value, bool) and value > 0,
+        f"{field}={value!r} is invalid; it must be a positive integer",
+    )
+
+
+def _positive_float(value, field: str) -> None:
+    _check(
+        isinstance(value, int | float) and math.isfinite(value) and value > 0,
+        f"{field}={value!r} is invalid; it must be a positive finite number",
+    )
+
+
+def validate(config) -> None:
+    """Raises ConfigError on the first bad field, before any data is read or anything trained."""
+    from cljax.models import MODELS
+    from cljax.scenarios import DATASETS
+    from cljax.strategies import STRATEGIES
+
+    _check(config.dataset in DATASETS, f"dataset={config.dataset!r} is unknown; allowed: {', '.join(sorted(DATASETS))}")
+    _check(config.model in MODELS, f"model={config.model!r} is unknown; allowed: {', '.join(sorted(MODELS))}")
+    _check(config.setting in SETTINGS, f"setting={config.setting!r} is unknown; allowed: {', '.join(SETTINGS)}")
+    names = strategy_names(config)
+    _check(bool(names), f"strategies={config.strategies!r} names no strategy; allowed: {', '.join(STRATEGIES)}")
+    for name in names:
+        _check(name in STRATEGIES, f"strategies: {name!r} is unknown; allowed: {', '.join(STRATEGIES)}")
+    _check(len(set(names)) == len(names), f"strategies={config.strategies!r} names a strategy twice")
+    _positive_int(config.num_runs, "num_runs")
+    _check(isinstance(config.seed, int) and config.seed >= 0, f"seed={config.seed!r} is invalid; it must be an integer >= 0")
+    _positive_int(config.classes_per_batch, "classes_per_batch")
+    for field in ("first_batch_classes", "num_batches"):
+        value = config[field]
+        _check(isinstance(value, int) and value >= 0, f"{field}={value!r} is invalid; it must be an integer >= 0 (0 = default)")
+    _check(
+        len(config.hidden_sizes) > 0 and all(isinstance(h, int) and h > 0 for h in config.hidden_sizes),
+        f"hidden_sizes={tuple(config.hidden_sizes)!r} is invalid; it must be a non-empty list of positive integers",
+    )
+    _positive_int(config.eval_batch_size, "eval_batch_size")
+    for name in names:
+        hp = strategy_hparams(config, name)
+        prefix = lambda field: field if config.get(name, {}).get(field) is None else f"{name}.{field}"
+        for field in ("epochs_first", "epochs", "batch_size"):
+            _positive_int(hp[field], prefix(field))
+        for field in ("lr_first", "lr"):
+            _positive_float(hp[field], prefix(field))
+        _check(hp.optimizer in ("sgd", "adam"), f"{prefix('optimizer')}={hp.optimizer!r} is unknown; allowed: adam, sgd")
+        _check(
+            isinstance(hp.momentum, int | float) and 0 <= hp.momentum < 1,
+            f"{prefix('momentum')}={hp.momentum!r} is invalid; it must be in [0, 1)",
+        )
+        _check(hp.head in HEADS, f"{prefix('head')}={hp.head!r} is unknown; allowed: {', '.join(HEADS)}")

@@ -1,0 +1,187 @@
+"""Training and evaluation: one jit-compiled call per incremental batch.
+
+The engine knows nothing of strategies beyond their contract (see
+``cljax.strategies.base``): a per-example loss, an optax transformation, and
+the parameters to evaluate with. Shapes are fixed per scenario — training data
+is padded to a capacity shared by every batch of every run, and the number of
+examples, epochs and the logit mask are traced values — so the stream compiles
+``fit`` once.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+Params = Any
+LossFn = Callable[[jax.Array, dict[str, jax.Array], Any], jax.Array]
+
+# Masked logits get this value: exp() underflows to exactly 0 in float32, and,
+# unlike -inf, 0 * MASKED_LOGIT stays finite in soft-target cross-entropies.
+MASKED_LOGIT = -1e9
+
+
+class TrainState(NamedTuple):
+    """Everything a run carries from batch to batch (all pytrees of arrays)."""
+
+    params: Params
+    opt_state: optax.OptState
+    strategy_state: Any
+
+
+class FitMetrics(NamedTuple):
+    loss: jax.Array  # mean task loss over the last epoch's steps
+    steps: jax.Array  # optimizer steps taken
+    nonfinite_step: jax.Array  # first step whose loss or gradient was not finite; -1 if none
+
+
+def mask_logits(logits_BxC: jax.Array, mask_C: jax.Array) -> jax.Array:
+    """Expanding/multi-head: classes outside ``mask`` (bool, broadcastable) get no probability."""
+    return jnp.where(mask_C, logits_BxC, MASKED_LOGIT)
+
+
+def cross_entropy(logits_BxC: jax.Array, batch: dict[str, jax.Array], strategy_state: Any) -> jax.Array:
+    """Per-example softmax cross-entropy with integer labels (the default task loss)."""
+    del strategy_state
+    return optax.softmax_cross_entropy_with_integer_labels(logits_BxC, batch["y"])
+
+
+def make_optimizer(name: str, momentum: float = 0.0) -> optax.GradientTransformation:
+    """Base optimizer with the learning rate in its state (``set_learning_rate``): B_1 and
+    B_i>1 use different rates (Tables 4-5) without recompiling."""
+    if name == "sgd":
+        return optax.inject_hyperparams(optax.sgd)(learning_rate=0.0, momentum=momentum)
+    if name == "adam":
+        return optax.inject_hyperparams(optax.adam)(learning_rate=0.0)
+    raise ValueError(f"optimizer={name!r} is unknown; allowed: adam, sgd")
+
+
+def set_learning_rate(opt_state: optax.OptState, learning_rate: float) -> optax.OptState:
+    """Writes the learning rate into every injected-hyperparameter state, keeping its dtype."""
+    old = optax.tree.get(opt_state, "learning_rate")
+    return optax.tree.set(opt_state, learning_rate=jnp.asarray(learning_rate, old.dtype))
+
+
+def pad_to(x: np.ndarray, capacity: int) -> np.ndarray:
+    """Zero-pads the leading axis to ``capacity`` (fixed shapes: nothing recompiles)."""
+    if len(x) > capacity:
+        raise ValueError(f"{len(x)} examples exceed the padded capacity {capacity}")
+    pad = np.zeros((capacity - len(x),) + x.shape[1:], x.dtype)
+    return np.concatenate([x, pad])
+
+
+def make_fit(
+    apply_fn: Callable[..., jax.Array],
+    tx: optax.GradientTransformation,
+    loss_fn: LossFn,
+    batch_size: int,
+) -> Callable[..., tuple[TrainState, FitMetrics]]:
+    """Builds ``fit(state, data, num_examples, epochs, logit_mask, key)``, jit-compiled.
+
+    ``data`` is a dict of arrays sharing a padded leading axis (``x``, ``y`` and
+    whatever per-example arrays the strategy's loss reads, e.g. LwF soft
+    targets); only the first ``num_examples`` rows are real. Each epoch draws a
+    permutation of the real rows from ``key``; the last mini-batch of an epoch
+    may be partial, its missing rows weighted zero. A step whose loss or
+    gradient is not finite is not applied and ends the fit (divergence guard).
+
+    The epoch and step loops are ``lax.while_loop``s (``fori_loop`` with traced
+    bounds): a ``lax.scan`` needs a static length, which would make every batch
+    run as many steps as the largest one (Cumulative's last batch).
+    """
+    tx = optax.with_extra_args_support(tx)
+
+    def train_step(state: TrainState, mini: dict[str, jax.Array], weights_B, logit_mask, key):
+        def objective(params):
+            logits = apply_fn(params, mini["x"], train=True, rngs={"dropout": key})
+            per_example = loss_fn(mask_logits(logits, logit_mask), mini, state.strategy_state)
+            return jnp.sum(per_example * weights_B) / jnp.maximum(jnp.sum(weights_B), 1.0)
+
+        loss, grads = jax.value_and_grad(objective)(state.params)
+        # ``task_grads``: the raw task-loss gradient, for transformations that need it
+        # next to the applied update (the SI path tracker); others ignore it.
+        updates, opt_state = tx.update(grads, state.opt_state, state.params, task_grads=grads)
+        new_state = TrainState(optax.apply_updates(state.params, updates), opt_state, state.strategy_state)
+        finite = jnp.isfinite(loss) & jnp.all(
+            jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
+        )
+        # On divergence keep the last good state (the caller reports the step).
+        new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, state)
+        return new_state, loss, finite
+
+    @jax.jit
+    def fit(state: TrainState, data: dict[str, jax.Array], num_examples, epochs, logit_mask, key):
+        capacity = data["y"].shape[0]
+        num_examples = jnp.asarray(num_examples, jnp.int32)
+        steps_per_epoch = (num_examples + batch_size - 1) // batch_size
+        positions = jnp.arange(batch_size)
+
+        def run_epoch(carry):
+            epoch, state, _, steps, bad = carry
+            shuffle_key, epoch_key = jax.random.split(jax.random.fold_in(key, epoch))
+            # Real rows first, in random order; padding rows sort last.
+            noise = jax.random.uniform(shuffle_key, (capacity,))
+            order = jnp.argsort(jnp.where(jnp.arange(capacity) < num_examples, noise, 2.0))
+            order = jnp.concatenate([order, jnp.zeros((batch_size,), order.dtype)])
+
+            def run_step(inner):
+                s, state, loss_sum, steps, bad = inner
+                start = s * batch_size
+                idx = jax.lax.dynamic_slice(order, (start,), (batch_size,))
+                weights = (start + positions < num_examples).astype(jnp.float32)
+                mini = jax.tree.map(lambda a: a[idx], data)
+                state, loss, finite = train_step(state, mini, weights, logit_mask, jax.random.fold_in(epoch_key, s))
+                bad = jnp.where((bad < 0) & ~finite, steps, bad)
+                return s + 1, state, loss_sum + jnp.where(finite, loss, 0.0), steps + finite, bad
+
+            _, state, loss_sum, steps, bad = jax.lax.while_loop(
+                lambda inner: (inner[0] < steps_per_epoch) & (inner[4] < 0),
+                run_step,
+                (jnp.int32(0), state, jnp.float32(0.0), steps, bad),
+            )
+            return epoch + 1, state, loss_sum / jnp.maximum(steps_per_epoch, 1), steps, bad
+
+        _, state, last_loss, steps, bad = jax.lax.while_loop(
+            lambda c: (c[0] < epochs) & (c[4] < 0),
+            run_epoch,
+            (jnp.int32(0), state, jnp.float32(0.0), jnp.int32(0), jnp.int32(-1)),
+        )
+        return state, FitMetrics(last_loss, steps, bad)
+
+    return fit
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn", "chunk"))
+def predict(apply_fn, params: Params, x: jax.Array, mask_table_KxC, mask_index, chunk: int = 1000):
+    """Arg-max predictions, ``chunk`` examples at a time (bounded memory).
+
+    Example n is classified among the classes ``mask_table[mask_index[n]]``:
+    one all-true row is the maximal head, the seen classes the expanding head,
+    one row per task with the true task's index the multi-head task oracle.
+    """
+    n = x.shape[0]
+    padded = -(-n // chunk) * chunk
+    x = jnp.concatenate([x, jnp.zeros((padded - n,) + x.shape[1:], x.dtype)])
+    mask_index = jnp.concatenate([mask_index, jnp.zeros((padded - n,), mask_index.dtype)])
+
+    def one_chunk(args):
+        x_chunk, idx_chunk = args
+        logits = apply_fn(params, x_chunk, train=False)
+        return jnp.argmax(mask_logits(logits, mask_table_KxC[idx_chunk]), axis=-1)
+
+    preds = jax.lax.map(one_chunk, (x.reshape((-1, chunk) + x.shape[1:]), mask_index.reshape(-1, chunk)))
+    return preds.reshape(-1)[:n]
+
+
+def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
+    """[true class, predicted class] counts (int64)."""
+    chex.assert_equal_shape([labels, preds])
+    flat = np.asarray(labels, np.int64) * num_classes + np.asarray(preds, np.int64)
+    return np.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)

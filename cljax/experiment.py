@@ -1,0 +1,260 @@
+"""The experiment loop: strategies x runs x batches, results.json, comparison table.
+
+A run is a pure function of (config, run index, key): ``run_stream`` derives
+every random number from ``key`` (one fold per batch), so runs can be repeated
+exactly, resumed, or later vmapped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cljax import engine, metrics
+from cljax.config import ConfigError, strategy_hparams, strategy_names, validate
+from cljax.models import build_model
+from cljax.scenarios import Dataset, Scenario, build_scenario, load_dataset
+from cljax.strategies import BatchContext, Strategy, make_strategy
+
+
+def write_json_atomic(path: str, payload: Any) -> None:
+    """Temporary file in the same directory, fsync, rename: never a truncated file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def data_capacity(dataset: Dataset, config, cumulative: bool) -> int:
+    """Rows to pad every batch to: the largest training set any run's order can produce.
+
+    A batch of k classes has at most the k largest class counts' examples; the
+    cumulative set after the last batch holds every batch's classes.
+    """
+    counts = np.sort(np.bincount(dataset.train_y, minlength=dataset.num_classes))[::-1]
+    first = config.first_batch_classes or config.classes_per_batch
+    num_batches = config.num_batches or 1 + (dataset.num_classes - first) // config.classes_per_batch
+    k = first + (num_batches - 1) * config.classes_per_batch if cumulative else max(first, config.classes_per_batch)
+    return int(counts[:k].sum())
+
+
+@dataclasses.dataclass(frozen=True)
+class Heads:
+    """Logit masks for training on B_i and for evaluating after B_i (App. A heads, MT oracle)."""
+
+    kind: str  # maximal | expanding | multi (MT)
+    scenario: Scenario
+
+    def train_mask(self, i: int) -> np.ndarray:
+        mask = np.zeros(self.scenario.num_classes, bool)
+        if self.kind == "maximal":
+            mask[:] = True
+        elif self.kind == "expanding":
+            mask[self.scenario.seen_classes(i)] = True
+        else:
+            mask[list(self.scenario.batches[i].classes)] = True
+        return mask
+
+    def eval_masks(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(mask_table [K, C], mask_index [num_test]) for ``engine.predict``."""
+        c, n = self.scenario.num_classes, len(self.scenario.test_y)
+        if self.kind != "multi":
+            return self.train_mask(i)[None], np.zeros(n, np.int32)
+        # Task oracle: each test example is classified among its own task's classes;
+        # classes outside the stream (num_batches) fall back to the whole head.
+        table = np.stack([self.train_mask(t) for t in range(self.scenario.num_batches)] + [np.ones(c, bool)])
+        task = self.scenario.class_to_task()[self.scenario.test_y]
+        return table, np.where(task < 0, self.scenario.num_batches, task).astype(np.int32)
+
+
+def head_kind(config, hp, strategy: Strategy) -> str:
+    if config.setting == "mt":
+        return "multi"
+    return strategy.default_head if hp.head == "default" else hp.head
+
+
+@dataclasses.dataclass
+class Trainer:
+    """What one strategy needs for all its runs: model, transformation, compiled fit."""
+
+    name: str
+    config: Any
+    hp: Any
+    strategy: Strategy
+    model: Any
+    tx: Any
+    fit: Callable
+    capacity: int
+
+    @classmethod
+    def build(cls, config, name: str, dataset: Dataset) -> Trainer:
+        hp = strategy_hparams(config, name)
+        strategy = make_strategy(name, hp)
+        model = build_model(config, dataset.num_classes)
+        tx = strategy.transform(engine.make_optimizer(hp.optimizer, hp.momentum))
+        fit = engine.make_fit(model.apply, tx, strategy.loss, hp.batch_size)
+        return cls(name, config, hp, strategy, model, tx, fit, data_capacity(dataset, config, strategy.cumulative_data))
+
+    def init_state(self, key: jax.Array, input_shape) -> engine.TrainState:
+        params = self.model.init({"params": key}, jnp.zeros((1,) + tuple(input_shape), jnp.float32))
+        return engine.TrainState(params, self.tx.init(params), self.strategy.init(params))
+
+    def training_arrays(self, scenario: Scenario, i: int) -> tuple[dict[str, jax.Array], int]:
+        batches = scenario.batches[: i + 1] if self.strategy.cumulative_data else scenario.batches[i : i + 1]
+        x = np.concatenate([b.x for b in batches])
+        y = np.concatenate([b.y for b in batches])
+        data = {"x": engine.pad_to(x, self.capacity), "y": engine.pad_to(y, self.capacity)}
+        return jax.device_put(data), len(y)
+
+    def run_stream(
+        self,
+        scenario: Scenario,
+        run: int,
+        key: jax.Array,
+        on_batch: Callable[[dict], None] | None = None,
+    ) -> dict:
+        """Trains and evaluates every batch of one run; returns its results record."""
+        heads = Heads(head_kind(self.config, self.hp, self.strategy), scenario)
+        init_key, key = jax.random.split(key)
+        state = self.init_state(init_key, scenario.input_shape)
+        test_x = jax.device_put(scenario.test_x)
+        record: dict[str, Any] = {
+            "run": run,
+            "class_order": list(scenario.class_order),
+            "batch_classes": scenario.batch_classes,
+            "head": heads.kind,
+            "accuracy": [],
+            "seen_accuracy": [],
+            "accuracy_matrix": [],
+            "train_examples": [],
+            "train_seconds": [],
+            "loss": [],
+            "confusion_matrices": [],
+            "diverged": None,
+        }
+        for i, batch in enumerate(scenario.batches):
+            first = i == 0
+            before_key, fit_key, after_key = jax.random.split(jax.random.fold_in(key, i), 3)
+            data, num_examples = self.training_arrays(scenario, i)
+            logit_mask = jnp.asarray(heads.train_mask(i))
+            ctx = BatchContext(
+                index=i,
+                classes=batch.classes,
+                seen_classes=tuple(scenario.seen_classes(i)),
+                num_classes=scenario.num_classes,
+                data=data,
+                num_examples=num_examples,
+                batch_sizes=tuple(len(b.y) for b in scenario.batches[: i + 1]),
+                apply_fn=self.model.apply,
+                logit_mask=logit_mask,
+                key=before_key,
+            )
+            start = time.perf_counter()
+            lr = self.hp.lr_first if first else self.hp.lr
+            state = state._replace(opt_state=engine.set_learning_rate(state.opt_state, lr))
+            state, data = self.strategy.before_batch(state, ctx)
+            epochs = self.hp.epochs_first if first else self.hp.epochs
+            state, fit_metrics = self.fit(state, data, num_examples, epochs, logit_mask, fit_key)
+            bad_step = int(fit_metrics.nonfinite_step)
+            if bad_step >= 0:
+                record["diverged"] = {"batch": i, "step": bad_step}
+                message = f"{self.name} run {run} batch {i + 1}: loss or gradient not finite at step {bad_step}; run stopped"
+                print(message, flush=True)
+                break
+            state = self.strategy.after_batch(state, dataclasses.replace(ctx, data=data, key=after_key))
+            jax.block_until_ready(state)
+            seconds = time.perf_counter() - start
+
+            table, index = heads.eval_masks(i)
+            preds = engine.predict(
+                self.model.apply,
+                self.strategy.eval_params(state),
+                test_x,
+                jnp.asarray(table),
+                jnp.asarray(index),
+                chunk=min(self.config.eval_batch_size, len(scenario.test_y)),
+            )
+            cm = engine.confusion_matrix(scenario.test_y, np.asarray(preds), scenario.num_classes)
+            record["accuracy"].append(float(np.trace(cm) / cm.sum()))
+            record["seen_accuracy"].append(metrics.class_set_accuracy(cm, scenario.seen_classes(i)))
+            record["accuracy_matrix"].append(
+                [metrics.class_set_accuracy(cm, b.classes) for b in scenario.batches]
+            )
+            record["train_examples"].append(num_examples)
+            record["train_seconds"].append(seconds)
+            record["loss"].append(float(fit_metrics.loss))
+            record["confusion_matrices"].append(cm.tolist())
+            if on_batch is not None:
+                on_batch({"strategy": self.name, "run": run, "batch": i, "num_batches": scenario.num_batches,
+                          "accuracy": record["accuracy"][-1], "seen_accuracy": record["seen_accuracy"][-1],
+                          "seconds": seconds})
+        return record
+
+
+def print_progress(event: dict) -> None:
+    print(
+        f"{event['strategy']:<11} run {event['run']} batch {event['batch'] + 1}/{event['num_batches']}: "
+        f"accuracy {event['accuracy']:.3f} (seen classes {event['seen_accuracy']:.3f}) {event['seconds']:.1f}s",
+        flush=True,
+    )
+
+
+def comparison_table(results: dict) -> str:
+    lines = [f"{'strategy':<12}{'final accuracy':>20}{'average':>10}{'forgetting':>12}{'BWT':>9}"]
+    for name, entry in results["strategies"].items():
+        s = entry.get("summary")
+        if not s:
+            continue
+        lines.append(
+            f"{name:<12}{s['final_accuracy_mean']:>12.3f} ± {s['final_accuracy_std']:.3f}"
+            f"{s['average_accuracy_mean']:>10.3f}{s['forgetting_mean']:>12.3f}{s['bwt_mean']:>9.3f}"
+        )
+    return "\n".join(lines)
+
+
+def prepare(config) -> tuple[Dataset, list[str]]:
+    """Validates the config and reads the data; raises ConfigError/DataError before any training."""
+    validate(config)
+    dataset = load_dataset(config.dataset, config.data_dir)
+    try:
+        build_scenario(config, 0, dataset)  # checks the class split against the dataset
+    except ValueError as e:
+        raise ConfigError(f"classes_per_batch/first_batch_classes/num_batches: {e}") from None
+    return dataset, strategy_names(config)
+
+
+def run_experiment(config, workdir: str, log: Callable[[dict], None] = print_progress) -> dict:
+    """Runs every strategy and run of ``config``; writes ``<workdir>/results.json`` after each run."""
+    dataset, names = prepare(config)
+    results: dict[str, Any] = {"config": config.to_dict(), "strategies": {}}
+    path = os.path.join(workdir, "results.json")
+    for name in names:
+        trainer = Trainer.build(config, name, dataset)
+        runs = []
+        results["strategies"][name] = {"runs": runs}
+        for run in range(config.num_runs):
+            scenario = build_scenario(config, run, dataset)
+            key = jax.random.fold_in(jax.random.key(config.seed), run)
+            runs.append(trainer.run_stream(scenario, run, key, on_batch=log))
+            complete = [r for r in runs if r["diverged"] is None]
+            results["strategies"][name]["summary"] = metrics.summarize(complete) if complete else None
+            write_json_atomic(path, results)
+    return results

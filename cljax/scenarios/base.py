@@ -1,0 +1,164 @@
+"""Scenario data structures and the NC (new classes) builder.
+
+A *scenario* is what one run of a continual-learning experiment sees: a stream
+of incremental batches B_1..B_T (each with its training arrays, class ids and a
+task id for the multi-task setting) and one test set holding every class. The
+*fixed* test set is all of it (CORe50 protocol, paper Fig. 7 and Fig. 8 right);
+the *expanding* test set is the part whose labels were seen so far (Fig. 8
+left). Labels keep the dataset's own class ids; the class order only decides
+which batch a class belongs to, so one head of ``num_classes`` outputs serves
+every run (the paper's *maximal* head, App. A).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+
+class DataError(ValueError):
+    """Missing, corrupt or inconsistent data files (one sentence, names the path)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """A labelled train/test split, images as float32 in [0, 1] (or standardised)."""
+
+    name: str
+    train_x: np.ndarray  # [N, ...] float32
+    train_y: np.ndarray  # [N] int32, class ids in [0, num_classes)
+    test_x: np.ndarray
+    test_y: np.ndarray
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train_x.shape[1:])
+
+
+@dataclasses.dataclass(frozen=True)
+class IncrementalBatch:
+    """One batch B_i of the stream."""
+
+    x: np.ndarray  # [n_i, ...] float32
+    y: np.ndarray  # [n_i] int32
+    classes: tuple[int, ...]  # class ids this batch introduces (NC: disjoint across batches)
+    task_id: int  # index of the batch; the task of the multi-task (MT) setting
+
+
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    """A stream of incremental batches plus the fixed test set."""
+
+    name: str
+    batches: tuple[IncrementalBatch, ...]
+    test_x: np.ndarray
+    test_y: np.ndarray
+    num_classes: int
+    class_order: tuple[int, ...]
+
+    @property
+    def num_batches(self) -> int:
+        return len(self.batches)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.test_x.shape[1:])
+
+    @property
+    def batch_classes(self) -> list[list[int]]:
+        return [list(b.classes) for b in self.batches]
+
+    def seen_classes(self, i: int) -> list[int]:
+        """Classes of B_1..B_{i+1} (0-based ``i``), in order of appearance."""
+        seen: list[int] = []
+        for batch in self.batches[: i + 1]:
+            seen.extend(c for c in batch.classes if c not in seen)
+        return seen
+
+    def class_to_task(self) -> np.ndarray:
+        """[num_classes] int32: the batch (task) that introduces each class; -1 if none."""
+        task = np.full(self.num_classes, -1, np.int32)
+        for batch in self.batches:
+            for c in batch.classes:
+                if task[c] < 0:
+                    task[c] = batch.task_id
+        return task
+
+    def expanding_test_mask(self, i: int) -> np.ndarray:
+        """[num_test] bool: test examples whose class was seen in B_1..B_{i+1}."""
+        return np.isin(self.test_y, self.seen_classes(i))
+
+
+def class_order_for_run(num_classes: int, run: int, seed: int) -> list[int]:
+    """Run 0 uses the natural order 0..C-1; run r > 0 a permutation drawn from (seed, r)."""
+    if run == 0:
+        return list(range(num_classes))
+    rng = np.random.default_rng([seed, run])
+    return [int(c) for c in rng.permutation(num_classes)]
+
+
+def split_classes(
+    class_order: Sequence[int], classes_per_batch: int, first_batch_classes: int = 0
+) -> list[list[int]]:
+    """Groups a class order into batches: ``first_batch_classes`` (0 = same as the rest), then
+    ``classes_per_batch`` each (CORe50 NC: 10 then 5s). Raises ValueError when they do not divide."""
+    first = first_batch_classes or classes_per_batch
+    rest = len(class_order) - first
+    if classes_per_batch <= 0 or first <= 0 or rest < 0 or rest % classes_per_batch:
+        raise ValueError(
+            f"cannot split {len(class_order)} classes into a first batch of {first} and then "
+            f"batches of {classes_per_batch}: classes_per_batch must divide the "
+            f"{max(rest, 0)} classes left after the first batch"
+        )
+    groups = [list(class_order[:first])]
+    for start in range(first, len(class_order), classes_per_batch):
+        groups.append(list(class_order[start : start + classes_per_batch]))
+    return groups
+
+
+def nc_scenario(
+    dataset: Dataset,
+    class_order: Sequence[int],
+    classes_per_batch: int,
+    first_batch_classes: int = 0,
+    num_batches: int = 0,
+) -> Scenario:
+    """NC (new classes) stream: each batch holds every training example of its classes.
+
+    ``num_batches`` > 0 keeps only the first that many batches (the test set then
+    still holds every class of the dataset: the fixed test set).
+    """
+    if sorted(class_order) != list(range(dataset.num_classes)):
+        raise ValueError(
+            f"class_order must be a permutation of 0..{dataset.num_classes - 1}, got {list(class_order)}"
+        )
+    groups = split_classes(class_order, classes_per_batch, first_batch_classes)
+    if num_batches:
+        if num_batches > len(groups):
+            raise ValueError(
+                f"num_batches={num_batches} but the split has only {len(groups)} batches"
+            )
+        groups = groups[:num_batches]
+    batches = []
+    for task_id, classes in enumerate(groups):
+        # Stable order inside a batch: examples keep the dataset order.
+        idx = np.flatnonzero(np.isin(dataset.train_y, classes))
+        batches.append(
+            IncrementalBatch(
+                x=dataset.train_x[idx],
+                y=dataset.train_y[idx].astype(np.int32),
+                classes=tuple(int(c) for c in classes),
+                task_id=task_id,
+            )
+        )
+    return Scenario(
+        name=dataset.name,
+        batches=tuple(batches),
+        test_x=dataset.test_x,
+        test_y=dataset.test_y.astype(np.int32),
+        num_classes=dataset.num_classes,
+        class_order=tuple(int(c) for c in class_order),
+    )

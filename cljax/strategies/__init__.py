@@ -1,0 +1,23 @@
+"""Strategy registry: name -> factory(hparams: ConfigDict) -> Strategy."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from cljax.strategies.base import BatchContext, Strategy
+from cljax.strategies.cumulative import cumulative
+from cljax.strategies.naive import naive
+
+STRATEGIES: dict[str, Callable[..., Strategy]] = {
+    "naive": naive,
+    "cumulative": cumulative,
+}
+
+
+def make_strategy(name: str, hparams=None) -> Strategy:
+    if name not in STRATEGIES:
+        raise ValueError(f"strategy {name!r} is unknown; allowed: {', '.join(STRATEGIES)}")
+    return STRATEGIES[name](hparams)
+
+
+__all__ = ["STRATEGIES", "BatchContext", "Strategy", "make_strategy"]
