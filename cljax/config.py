@@ -121,11 +121,17 @@ def validate(config) -> None:
         _check(name in STRATEGIES, f"strategies: {name!r} is unknown; allowed: {', '.join(STRATEGIES)}")
     _check(len(set(names)) == len(names), f"strategies={config.strategies!r} names a strategy twice")
     _positive_int(config.num_runs, "num_runs")
-    _check(isinstance(config.seed, int) and config.seed >= 0, f"seed={config.seed!r} is invalid; it must be an integer >= 0")
+    _check(
+        isinstance(config.seed, int) and config.seed >= 0,
+        f"seed={config.seed!r} is invalid; it must be an integer >= 0",
+    )
     _positive_int(config.classes_per_batch, "classes_per_batch")
     for field in ("first_batch_classes", "num_batches"):
         value = config[field]
-        _check(isinstance(value, int) and value >= 0, f"{field}={value!r} is invalid; it must be an integer >= 0 (0 = default)")
+        _check(
+            isinstance(value, int) and value >= 0,
+            f"{field}={value!r} is invalid; it must be an integer >= 0 (0 = default)",
+        )
     _check(
         len(config.hidden_sizes) > 0 and all(isinstance(h, int) and h > 0 for h in config.hidden_sizes),
         f"hidden_sizes={tuple(config.hidden_sizes)!r} is invalid; it must be a non-empty list of positive integers",
@@ -133,12 +139,18 @@ def validate(config) -> None:
     _positive_int(config.eval_batch_size, "eval_batch_size")
     for name in names:
         hp = strategy_hparams(config, name)
-        prefix = lambda field: field if config.get(name, {}).get(field) is None else f"{name}.{field}"
+        section = config.get(name) or {}
+
+        def prefix(field: str, name: str = name, section=section) -> str:
+            return field if section.get(field) is None else f"{name}.{field}"
+
         for field in ("epochs_first", "epochs", "batch_size"):
             _positive_int(hp[field], prefix(field))
         for field in ("lr_first", "lr"):
             _positive_float(hp[field], prefix(field))
-        _check(hp.optimizer in ("sgd", "adam"), f"{prefix('optimizer')}={hp.optimizer!r} is unknown; allowed: adam, sgd")
+        _check(
+            hp.optimizer in ("sgd", "adam"), f"{prefix('optimizer')}={hp.optimizer!r} is unknown; allowed: adam, sgd"
+        )
         _check(
             isinstance(hp.momentum, int | float) and 0 <= hp.momentum < 1,
             f"{prefix('momentum')}={hp.momentum!r} is invalid; it must be in [0, 1)",

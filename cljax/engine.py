@@ -109,9 +109,7 @@ def make_fit(
         # next to the applied update (the SI path tracker); others ignore it.
         updates, opt_state = tx.update(grads, state.opt_state, state.params, task_grads=grads)
         new_state = TrainState(optax.apply_updates(state.params, updates), opt_state, state.strategy_state)
-        finite = jnp.isfinite(loss) & jnp.all(
-            jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
-        )
+        finite = jnp.isfinite(loss) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
         # On divergence keep the last good state (the caller reports the step).
         new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, state)
         return new_state, loss, finite

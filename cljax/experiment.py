@@ -176,7 +176,9 @@ class Trainer:
             bad_step = int(fit_metrics.nonfinite_step)
             if bad_step >= 0:
                 record["diverged"] = {"batch": i, "step": bad_step}
-                message = f"{self.name} run {run} batch {i + 1}: loss or gradient not finite at step {bad_step}; run stopped"
+                message = (
+                    f"{self.name} run {run} batch {i + 1}: loss or gradient not finite at step {bad_step}; run stopped"
+                )
                 print(message, flush=True)
                 break
             state = self.strategy.after_batch(state, dataclasses.replace(ctx, data=data, key=after_key))
@@ -195,17 +197,23 @@ class Trainer:
             cm = engine.confusion_matrix(scenario.test_y, np.asarray(preds), scenario.num_classes)
             record["accuracy"].append(float(np.trace(cm) / cm.sum()))
             record["seen_accuracy"].append(metrics.class_set_accuracy(cm, scenario.seen_classes(i)))
-            record["accuracy_matrix"].append(
-                [metrics.class_set_accuracy(cm, b.classes) for b in scenario.batches]
-            )
+            record["accuracy_matrix"].append([metrics.class_set_accuracy(cm, b.classes) for b in scenario.batches])
             record["train_examples"].append(num_examples)
             record["train_seconds"].append(seconds)
             record["loss"].append(float(fit_metrics.loss))
             record["confusion_matrices"].append(cm.tolist())
             if on_batch is not None:
-                on_batch({"strategy": self.name, "run": run, "batch": i, "num_batches": scenario.num_batches,
-                          "accuracy": record["accuracy"][-1], "seen_accuracy": record["seen_accuracy"][-1],
-                          "seconds": seconds})
+                on_batch(
+                    {
+                        "strategy": self.name,
+                        "run": run,
+                        "batch": i,
+                        "num_batches": scenario.num_batches,
+                        "accuracy": record["accuracy"][-1],
+                        "seen_accuracy": record["seen_accuracy"][-1],
+                        "seconds": seconds,
+                    }
+                )
         return record
 
 

@@ -1,4 +1,7 @@
-"""Flax linen classifiers. Every model's last layer is named ``head`` (strategies find it by name)."""
+"""Flax linen classifiers: a body (``features``) and a last layer named ``head``.
+
+Strategies find the classifier by its name (``HEAD``), never by position.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +9,16 @@ from collections.abc import Callable
 
 import flax.linen as nn
 
-from cljax.models.cifarnet import CifarNet
-from cljax.models.mlp import MLP
+from cljax.models.cifarnet import CifarNetBody
+from cljax.models.classifier import Classifier
+from cljax.models.mlp import MLPBody
 
 HEAD = "head"
 
 # name -> factory(config, num_classes) -> nn.Module. Later models register here.
 MODELS: dict[str, Callable[..., nn.Module]] = {
-    "mlp": lambda config, num_classes: MLP(num_classes, tuple(config.hidden_sizes)),
-    "cifarnet": lambda config, num_classes: CifarNet(num_classes),
+    "mlp": lambda config, num_classes: Classifier(MLPBody(tuple(config.hidden_sizes)), num_classes),
+    "cifarnet": lambda config, num_classes: Classifier(CifarNetBody(), num_classes),
 }
 
 
@@ -24,4 +28,4 @@ def build_model(config, num_classes: int) -> nn.Module:
     return MODELS[config.model](config, num_classes)
 
 
-__all__ = ["HEAD", "MODELS", "CifarNet", "MLP", "build_model"]
+__all__ = ["HEAD", "MODELS", "CifarNetBody", "Classifier", "MLPBody", "build_model"]

@@ -2,7 +2,7 @@
 
 4 convolutions (32, 32, 64, 64 filters, 3x3; the first of each pair 'same', the
 second 'valid'), 2x2 max pooling and dropout 0.25 after each pair, a 512-unit
-fully connected layer with dropout 0.5, then the classifier ``head``.
+fully connected layer with dropout 0.5; the classifier ``head`` follows.
 """
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 
-class CifarNet(nn.Module):
-    num_classes: int
+class CifarNetBody(nn.Module):
     conv_dropout: float = 0.25
     fc_dropout: float = 0.5
 
@@ -26,5 +25,4 @@ class CifarNet(nn.Module):
             h = nn.Dropout(self.conv_dropout, deterministic=not train)(h)
         h = h.reshape((h.shape[0], -1))
         h = nn.relu(nn.Dense(512, name="fc1")(h))
-        h = nn.Dropout(self.fc_dropout, deterministic=not train)(h)
-        return nn.Dense(self.num_classes, name="head")(h)
+        return nn.Dropout(self.fc_dropout, deterministic=not train)(h)

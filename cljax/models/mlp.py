@@ -1,4 +1,4 @@
-"""Multi-layer perceptron: flatten, ReLU hidden layers, classifier named ``head``."""
+"""Multi-layer perceptron body: flatten, then ReLU hidden layers (default 2 x 400)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 
-class MLP(nn.Module):
-    num_classes: int
+class MLPBody(nn.Module):
     hidden_sizes: Sequence[int] = (400, 400)
 
     @nn.compact
@@ -18,4 +17,4 @@ class MLP(nn.Module):
         h = x_BxHxWxC.reshape((x_BxHxWxC.shape[0], -1))
         for i, width in enumerate(self.hidden_sizes):
             h = nn.relu(nn.Dense(width, name=f"fc{i + 1}")(h))
-        return nn.Dense(self.num_classes, name="head")(h)
+        return h

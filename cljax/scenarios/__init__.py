@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from cljax.scenarios.base import (
-    Dataset,
     DataError,
+    Dataset,
     IncrementalBatch,
     Scenario,
     class_order_for_run,

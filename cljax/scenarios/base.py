@@ -100,9 +100,7 @@ def class_order_for_run(num_classes: int, run: int, seed: int) -> list[int]:
     return [int(c) for c in rng.permutation(num_classes)]
 
 
-def split_classes(
-    class_order: Sequence[int], classes_per_batch: int, first_batch_classes: int = 0
-) -> list[list[int]]:
+def split_classes(class_order: Sequence[int], classes_per_batch: int, first_batch_classes: int = 0) -> list[list[int]]:
     """Groups a class order into batches: ``first_batch_classes`` (0 = same as the rest), then
     ``classes_per_batch`` each (CORe50 NC: 10 then 5s). Raises ValueError when they do not divide."""
     first = first_batch_classes or classes_per_batch
@@ -132,15 +130,11 @@ def nc_scenario(
     still holds every class of the dataset: the fixed test set).
     """
     if sorted(class_order) != list(range(dataset.num_classes)):
-        raise ValueError(
-            f"class_order must be a permutation of 0..{dataset.num_classes - 1}, got {list(class_order)}"
-        )
+        raise ValueError(f"class_order must be a permutation of 0..{dataset.num_classes - 1}, got {list(class_order)}")
     groups = split_classes(class_order, classes_per_batch, first_batch_classes)
     if num_batches:
         if num_batches > len(groups):
-            raise ValueError(
-                f"num_batches={num_batches} but the split has only {len(groups)} batches"
-            )
+            raise ValueError(f"num_batches={num_batches} but the split has only {len(groups)} batches")
         groups = groups[:num_batches]
     batches = []
     for task_id, classes in enumerate(groups):

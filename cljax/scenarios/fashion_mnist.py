@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from cljax.scenarios.base import Dataset, DataError
+from cljax.scenarios.base import DataError, Dataset
 
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
 FILES = {
@@ -68,9 +68,7 @@ def load_fashion_mnist(data_dir: str = DEFAULT_DIR) -> Dataset:
     for split in ("train", "test"):
         x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
         if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
-            raise DataError(
-                f"Fashion-MNIST {split} files in {data_dir!r} disagree: images {x.shape}, labels {y.shape}"
-            )
+            raise DataError(f"Fashion-MNIST {split} files in {data_dir!r} disagree: images {x.shape}, labels {y.shape}")
         if y.size and int(y.max()) >= 10:
             raise DataError(f"Fashion-MNIST {split} labels in {data_dir!r} go beyond class 9")
     as_images = lambda a: (a.astype(np.float32) / 255.0)[..., None]
