@@ -10,7 +10,9 @@ A continual-learning strategy is fully described by
   targets, consolidate); ``before_batch`` may also add per-example arrays to the
   training data (LwF's soft targets), with the same keys and shapes every batch;
 - ``loss(logits, minibatch, strategy_state)``: per-example task loss;
-- ``eval_params(state)``: the parameters evaluation uses (CWR: Θ̄ with cw).
+- ``eval_params(state)``: the parameters evaluation uses (CWR: Θ̄ with cw);
+- ``importance(state)`` (optional, EWC/SI/AR1): ``{"F": raw importance, "F_hat":
+  clipped importance, "max_f": clip value}`` for diagnostics (paper Fig. 4-5).
 
 Every hook keeps the shapes and dtypes of every leaf, so the compiled training
 step is reused by every batch of the stream.
@@ -64,5 +66,6 @@ class Strategy:
     after_batch: Callable[[TrainState, BatchContext], TrainState] = _keep_state
     loss: LossFn = cross_entropy
     eval_params: Callable[[TrainState], Params] = lambda state: state.params
+    importance: Callable[[TrainState], dict[str, Any]] | None = None
     default_head: str = "maximal"  # App. A: maximal for all but LwF (expanding)
     cumulative_data: bool = False  # train on B_1 ∪ ... ∪ B_i instead of B_i
