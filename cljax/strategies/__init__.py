@@ -6,11 +6,17 @@ from collections.abc import Callable
 
 from cljax.strategies.base import BatchContext, Strategy
 from cljax.strategies.cumulative import cumulative
+from cljax.strategies.ewc import ewc
+from cljax.strategies.lwf import lwf
 from cljax.strategies.naive import naive
+from cljax.strategies.si import si
 
 STRATEGIES: dict[str, Callable[..., Strategy]] = {
     "naive": naive,
     "cumulative": cumulative,
+    "lwf": lwf,
+    "ewc": ewc,
+    "si": si,
 }
 
 
