@@ -1,0 +1,40 @@
+"""Naive forgets, Cumulative does not: the two baselines end to end on split digits."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from cljax.experiment import Trainer, run_experiment
+from cljax.scenarios import build_scenario, load_dataset
+
+
+def test_naive_forgets_the_first_batch_in_sit(tiny_config):
+    dataset = load_dataset("digits")
+    trainer = Trainer.build(tiny_config, "naive", dataset)
+    record = trainer.run_stream(build_scenario(tiny_config, 0, dataset), 0, jax.random.key(0))
+    r = np.asarray(record["accuracy_matrix"])
+    assert r[0, 0] > 0.9  # B_1 was learnt ...
+    assert r[-1, 0] < 0.05  # ... and is forgotten after the last batch
+    assert record["accuracy"][-1] < 0.25  # only the last batch's 2 of 10 classes survive
+    assert trainer.fit._cache_size() == 1  # the whole stream compiled once
+
+
+def test_cumulative_reaches_high_final_accuracy(tiny_config, tmp_path):
+    tiny_config.strategies = "cumulative"
+    tiny_config.cumulative.epochs = 10
+    results = run_experiment(tiny_config, str(tmp_path), log=lambda event: None)
+    run = results["strategies"]["cumulative"]["runs"][0]
+    assert run["accuracy"][-1] >= 0.9
+    # Cumulative trains on the union: the training set grows batch by batch.
+    assert run["train_examples"] == sorted(run["train_examples"]) and len(set(run["train_examples"])) == 5
+
+
+def test_multi_task_setting_uses_the_task_oracle(tiny_config, tmp_path):
+    tiny_config.strategies = "naive"
+    tiny_config.setting = "mt"
+    results = run_experiment(tiny_config, str(tmp_path), log=lambda event: None)
+    run = results["strategies"]["naive"]["runs"][0]
+    assert run["head"] == "multi"
+    # With a task oracle, the 2-way decisions of old tasks survive far better than in SIT.
+    assert run["accuracy"][-1] > 0.6
