@@ -22,7 +22,7 @@ import numpy as np
 from cljax import engine, metrics
 from cljax.config import ConfigError, strategy_hparams, strategy_names, validate
 from cljax.models import build_model
-from cljax.scenarios import Dataset, Scenario, build_scenario, load_dataset
+from cljax.scenarios import DataError, Dataset, Scenario, build_scenario, load_dataset, nc_capacity
 from cljax.strategies import BatchContext, Strategy, make_strategy
 
 
@@ -44,16 +44,21 @@ def write_json_atomic(path: str, payload: Any) -> None:
 
 
 def data_capacity(dataset: Dataset, config, cumulative: bool) -> int:
-    """Rows to pad every batch to: the largest training set any run's order can produce.
+    """Rows to pad every batch to: the largest training set any run can produce.
 
-    A batch of k classes has at most the k largest class counts' examples; the
-    cumulative set after the last batch holds every batch's classes.
+    Benchmarks with official batches (``dataset.protocol``: CORe50, CIFAR splits)
+    report it themselves (the largest batch, or cumulative set, over their runs).
     """
-    counts = np.sort(np.bincount(dataset.train_y, minlength=dataset.num_classes))[::-1]
-    first = config.first_batch_classes or config.classes_per_batch
-    num_batches = config.num_batches or 1 + (dataset.num_classes - first) // config.classes_per_batch
-    k = first + (num_batches - 1) * config.classes_per_batch if cumulative else max(first, config.classes_per_batch)
-    return int(counts[:k].sum())
+    if dataset.protocol is not None:
+        return dataset.protocol.capacity(cumulative)
+    return nc_capacity(
+        dataset.train_y,
+        dataset.num_classes,
+        config.classes_per_batch,
+        config.first_batch_classes,
+        config.num_batches,
+        cumulative,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,9 +246,11 @@ def comparison_table(results: dict) -> str:
 def prepare(config) -> tuple[Dataset, list[str]]:
     """Validates the config and reads the data; raises ConfigError/DataError before any training."""
     validate(config)
-    dataset = load_dataset(config.dataset, config.data_dir)
+    dataset = load_dataset(config.dataset, config.data_dir, config)
     try:
         build_scenario(config, 0, dataset)  # checks the class split against the dataset
+    except (ConfigError, DataError):
+        raise
     except ValueError as e:
         raise ConfigError(f"classes_per_batch/first_batch_classes/num_batches: {e}") from None
     return dataset, strategy_names(config)
