@@ -6,12 +6,12 @@ import os
 
 import numpy as np
 import pytest
-from tests.official_formats import write_cifar
 
 from cljax import experiment
 from cljax.config import ConfigError, base_config
 from cljax.scenarios import DataError, build_scenario, load_dataset
 from cljax.scenarios.cifar import load_cifar, read_cifar
+from tests.official_formats import write_cifar
 
 
 def tfds_or_fail():

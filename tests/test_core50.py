@@ -10,12 +10,12 @@ import sys
 
 import numpy as np
 import pytest
-from tests.official_formats import NUM_OBJECTS, TEST_SESSIONS, TRAIN_SESSIONS, decode_colour, write_core50
 
 from cljax import experiment
 from cljax.config import ConfigError, base_config
 from cljax.scenarios import DataError, build_scenario, load_dataset
 from cljax.scenarios.files import NpzArray
+from tests.official_formats import NUM_OBJECTS, TEST_SESSIONS, TRAIN_SESSIONS, decode_colour, write_core50
 
 RUNS = 3
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
