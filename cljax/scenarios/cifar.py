@@ -137,7 +137,7 @@ def read_tfds(files: CifarFiles, data_dir: str) -> tuple[dict[str, tuple[np.ndar
         try:
             source = tfds.data_source(files.tfds_name, split=split, data_dir=data_dir or None, download=False)
         except Exception as e:  # noqa: BLE001 - tfds raises many kinds when data is not prepared
-            return None, f"tensorflow-datasets: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            return None, f"tensorflow-datasets has no usable array_record copy: {type(e).__name__}"
         examples = [source[i] for i in range(len(source))]
         if not examples:
             raise DataError(f"tensorflow-datasets {files.tfds_name} split {split!r} in {data_dir!r} is empty")
