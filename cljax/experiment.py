@@ -8,9 +8,7 @@ exactly, resumed, or later vmapped.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,28 +17,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cljax import engine, metrics
+from cljax import diagnostics, engine, metrics, monitor
 from cljax.config import ConfigError, strategy_hparams, strategy_names, validate
+from cljax.files import write_json_atomic  # noqa: F401  (re-exported: the results writer)
 from cljax.models import build_model
 from cljax.scenarios import DataError, Dataset, Scenario, build_scenario, load_dataset, nc_capacity
 from cljax.strategies import BatchContext, Strategy, make_strategy
-
-
-def write_json_atomic(path: str, payload: Any) -> None:
-    """Temporary file in the same directory, fsync, rename: never a truncated file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def data_capacity(dataset: Dataset, config, cumulative: bool) -> int:
@@ -108,15 +90,19 @@ class Trainer:
     tx: Any
     fit: Callable
     capacity: int
+    progress: monitor.ProgressDisplay | None = None  # steps done / total during each fit
 
     @classmethod
-    def build(cls, config, name: str, dataset: Dataset) -> Trainer:
+    def build(cls, config, name: str, dataset: Dataset, progress: monitor.ProgressDisplay | None = None) -> Trainer:
         hp = strategy_hparams(config, name)
         strategy = make_strategy(name, hp)
         model = build_model(config, dataset.num_classes)
         tx = strategy.transform(engine.make_optimizer(hp.optimizer, hp.momentum))
-        fit = engine.make_fit(model.apply, tx, strategy.loss, hp.batch_size)
-        return cls(name, config, hp, strategy, model, tx, fit, data_capacity(dataset, config, strategy.cumulative_data))
+        fit = engine.make_fit(
+            model.apply, tx, strategy.loss, hp.batch_size, progress=progress.update if progress is not None else None
+        )
+        capacity = data_capacity(dataset, config, strategy.cumulative_data)
+        return cls(name, config, hp, strategy, model, tx, fit, capacity, progress)
 
     def init_state(self, key: jax.Array, input_shape) -> engine.TrainState:
         params = self.model.init({"params": key}, jnp.zeros((1,) + tuple(input_shape), jnp.float32))
@@ -157,6 +143,7 @@ class Trainer:
         }
         for i, batch in enumerate(scenario.batches):
             first = i == 0
+            params_before = self.strategy.eval_params(state)  # diagnostics: weight change over B_i
             before_key, fit_key, after_key = jax.random.split(jax.random.fold_in(key, i), 3)
             data, num_examples = self.training_arrays(scenario, i)
             logit_mask = jnp.asarray(heads.train_mask(i))
@@ -177,6 +164,8 @@ class Trainer:
             state = state._replace(opt_state=engine.set_learning_rate(state.opt_state, lr))
             state, data = self.strategy.before_batch(state, ctx)
             epochs = self.hp.epochs_first if first else self.hp.epochs
+            if self.progress is not None:
+                self.progress.begin(f"{self.name:<11} run {run} batch {i + 1}/{scenario.num_batches}")
             state, fit_metrics = self.fit(state, data, num_examples, epochs, logit_mask, fit_key)
             bad_step = int(fit_metrics.nonfinite_step)
             if bad_step >= 0:
@@ -207,6 +196,8 @@ class Trainer:
             record["train_seconds"].append(seconds)
             record["loss"].append(float(fit_metrics.loss))
             record["confusion_matrices"].append(cm.tolist())
+            # Section 5 diagnostics (weight change, importance histograms) into record["diagnostics"].
+            diagnostics.record_batch(record, params_before, state, self.strategy)
             if on_batch is not None:
                 on_batch(
                     {
@@ -216,6 +207,7 @@ class Trainer:
                         "num_batches": scenario.num_batches,
                         "accuracy": record["accuracy"][-1],
                         "seen_accuracy": record["seen_accuracy"][-1],
+                        "loss": record["loss"][-1],
                         "seconds": seconds,
                     }
                 )
@@ -256,20 +248,37 @@ def prepare(config) -> tuple[Dataset, list[str]]:
     return dataset, strategy_names(config)
 
 
-def run_experiment(config, workdir: str, log: Callable[[dict], None] = print_progress) -> dict:
-    """Runs every strategy and run of ``config``; writes ``<workdir>/results.json`` after each run."""
+def run_experiment(
+    config, workdir: str, log: Callable[[dict], None] = print_progress, show_progress: bool = True
+) -> dict:
+    """Runs every strategy and run of ``config``; writes ``<workdir>/results.json`` (and the per-batch
+    diagnostics beside it) after each run, TensorBoard scalars after each batch when ``tensorboard``
+    is installed, and ``<workdir>/report/`` at the end (``cljax.report``)."""
+    from cljax import report  # matplotlib: imported only when a job runs
+
     dataset, names = prepare(config)
     results: dict[str, Any] = {"config": config.to_dict(), "strategies": {}}
-    path = os.path.join(workdir, "results.json")
+    progress = monitor.ProgressDisplay() if show_progress else None
+    scalars = monitor.tensorboard_writer(os.path.join(workdir, "tensorboard"))
+
+    def on_batch(event: dict) -> None:
+        log(event)
+        if scalars is not None:
+            values = {k: event[k] for k in ("accuracy", "seen_accuracy", "loss", "seconds")}
+            scalars.scalars(event["strategy"], event["run"], event["batch"] + 1, values)
+
     for name in names:
-        trainer = Trainer.build(config, name, dataset)
+        trainer = Trainer.build(config, name, dataset, progress)
         runs = []
         results["strategies"][name] = {"runs": runs}
         for run in range(config.num_runs):
             scenario = build_scenario(config, run, dataset)
             key = jax.random.fold_in(jax.random.key(config.seed), run)
-            runs.append(trainer.run_stream(scenario, run, key, on_batch=log))
+            runs.append(trainer.run_stream(scenario, run, key, on_batch=on_batch))
             complete = [r for r in runs if r["diverged"] is None]
             results["strategies"][name]["summary"] = metrics.summarize(complete) if complete else None
-            write_json_atomic(path, results)
+            diagnostics.write_results(workdir, results)  # results.json + diagnostics_<strategy>.npz
+    if scalars is not None:
+        scalars.close()  # every batch was flushed already
+    report.write_report(workdir)
     return results

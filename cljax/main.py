@@ -66,6 +66,7 @@ def main(argv: list[str]) -> None:
     print()
     print(experiment.comparison_table(results))
     print(f"\nresults: {_WORKDIR.value}/results.json")
+    print(f"report: {_WORKDIR.value}/report/report.md")
 
 
 if __name__ == "__main__":
