@@ -91,7 +91,9 @@ def make_fit(
 
     ``data`` is a dict of arrays sharing a padded leading axis (``x``, ``y`` and
     whatever per-example arrays the strategy's loss reads, e.g. LwF soft
-    targets); only the first ``num_examples`` rows are real. Each epoch draws a
+    targets); only the first ``num_examples`` rows are real. ``logit_mask`` is
+    the training head: [C] bool for every example, or a [K, C] table of heads
+    (multi-task) with ``data["mask_index"]`` giving each example's row. Each epoch draws a
     permutation of the real rows from ``key``; the last mini-batch of an epoch
     may be partial, its missing rows weighted zero. A step whose loss or
     gradient is not finite is not applied and ends the fit (divergence guard).
@@ -120,7 +122,9 @@ def make_fit(
     def train_step(state: TrainState, mini: dict[str, jax.Array], weights_B, logit_mask, key):
         def objective(params):
             logits = apply_fn(params, mini["x"], train=True, rngs={"dropout": key})
-            per_example = loss_fn(mask_logits(logits, logit_mask), mini, state.strategy_state)
+            # A [K, C] mask is a table of heads, one row per example via data["mask_index"] (MT).
+            mask = logit_mask[mini["mask_index"]] if logit_mask.ndim == 2 else logit_mask
+            per_example = loss_fn(mask_logits(logits, mask), mini, state.strategy_state)
             return jnp.sum(per_example * weights_B) / jnp.maximum(jnp.sum(weights_B), 1.0)
 
         loss, grads = jax.value_and_grad(objective)(state.params)

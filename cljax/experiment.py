@@ -62,14 +62,20 @@ class Heads:
 
     def eval_masks(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """(mask_table [K, C], mask_index [num_test]) for ``engine.predict``."""
-        c, n = self.scenario.num_classes, len(self.scenario.test_y)
         if self.kind != "multi":
-            return self.train_mask(i)[None], np.zeros(n, np.int32)
-        # Task oracle: each test example is classified among its own task's classes;
-        # classes outside the stream (num_batches) fall back to the whole head.
-        table = np.stack([self.train_mask(t) for t in range(self.scenario.num_batches)] + [np.ones(c, bool)])
-        task = self.scenario.class_to_task()[self.scenario.test_y]
-        return table, np.where(task < 0, self.scenario.num_batches, task).astype(np.int32)
+            return self.train_mask(i)[None], np.zeros(len(self.scenario.test_y), np.int32)
+        return self.task_table(), self.task_index(self.scenario.test_y)
+
+    def task_table(self) -> np.ndarray:
+        """[T + 1, C]: row t = task t's classes; the last row (all classes) serves classes
+        outside the stream (num_batches)."""
+        rows = [self.train_mask(t) for t in range(self.scenario.num_batches)]
+        return np.stack(rows + [np.ones(self.scenario.num_classes, bool)])
+
+    def task_index(self, labels: np.ndarray) -> np.ndarray:
+        """Task oracle: the row of ``task_table`` each example is classified with."""
+        task = self.scenario.class_to_task()[labels]
+        return np.where(task < 0, self.scenario.num_batches, task).astype(np.int32)
 
 
 def head_kind(config, hp, strategy: Strategy) -> str:
@@ -108,11 +114,13 @@ class Trainer:
         params = self.model.init({"params": key}, jnp.zeros((1,) + tuple(input_shape), jnp.float32))
         return engine.TrainState(params, self.tx.init(params), self.strategy.init(params))
 
-    def training_arrays(self, scenario: Scenario, i: int) -> tuple[dict[str, jax.Array], int]:
+    def training_arrays(self, scenario: Scenario, i: int, heads: Heads) -> tuple[dict[str, jax.Array], int]:
         batches = scenario.batches[: i + 1] if self.strategy.cumulative_data else scenario.batches[i : i + 1]
         x = np.concatenate([b.x for b in batches])
         y = np.concatenate([b.y for b in batches])
         data = {"x": engine.pad_to(x, self.capacity), "y": engine.pad_to(y, self.capacity)}
+        if heads.kind == "multi":  # each example trains its own task's head (Cumulative mixes tasks)
+            data["mask_index"] = engine.pad_to(heads.task_index(y), self.capacity)
         return jax.device_put(data), len(y)
 
     def run_stream(
@@ -145,8 +153,10 @@ class Trainer:
             first = i == 0
             params_before = self.strategy.eval_params(state)  # diagnostics: weight change over B_i
             before_key, fit_key, after_key = jax.random.split(jax.random.fold_in(key, i), 3)
-            data, num_examples = self.training_arrays(scenario, i)
+            data, num_examples = self.training_arrays(scenario, i, heads)
             logit_mask = jnp.asarray(heads.train_mask(i))
+            # MT: per-example task heads (a table indexed by data["mask_index"]); SIT: one mask.
+            fit_mask = jnp.asarray(heads.task_table()) if heads.kind == "multi" else logit_mask
             ctx = BatchContext(
                 index=i,
                 classes=batch.classes,
@@ -166,7 +176,7 @@ class Trainer:
             epochs = self.hp.epochs_first if first else self.hp.epochs
             if self.progress is not None:
                 self.progress.begin(f"{self.name:<11} run {run} batch {i + 1}/{scenario.num_batches}")
-            state, fit_metrics = self.fit(state, data, num_examples, epochs, logit_mask, fit_key)
+            state, fit_metrics = self.fit(state, data, num_examples, epochs, fit_mask, fit_key)
             bad_step = int(fit_metrics.nonfinite_step)
             if bad_step >= 0:
                 record["diverged"] = {"batch": i, "step": bad_step}

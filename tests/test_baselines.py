@@ -38,3 +38,14 @@ def test_multi_task_setting_uses_the_task_oracle(tiny_config, tmp_path):
     assert run["head"] == "multi"
     # With a task oracle, the 2-way decisions of old tasks survive far better than in SIT.
     assert run["accuracy"][-1] > 0.6
+
+
+def test_multi_task_cumulative_trains_every_example_on_its_own_task_head(tiny_config, tmp_path):
+    """Cumulative in MT mixes tasks in one batch: each example must keep its own task's head,
+    so old tasks stay accurate (with only the current task's head they would collapse)."""
+    tiny_config.strategies = "cumulative"
+    tiny_config.setting = "mt"
+    tiny_config.cumulative.epochs = 5
+    results = run_experiment(tiny_config, str(tmp_path), log=lambda event: None)
+    run = results["strategies"]["cumulative"]["runs"][0]
+    assert min(run["accuracy_matrix"][-1]) > 0.9
