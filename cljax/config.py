@@ -71,7 +71,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_batch_size = 1000  # test examples per evaluation chunk
     # Strategies (one section each).
     c.naive = strategy_section()
-    c.cumulative = strategy_section(epochs=10)
+    c.cumulative = strategy_section(epochs_first=10, epochs=10, from_scratch=True)  # retrain from the initial weights
     return c
 
 

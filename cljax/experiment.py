@@ -170,6 +170,8 @@ class Trainer:
                 key=before_key,
             )
             start = time.perf_counter()
+            if self.strategy.restart_each_batch:  # e.g. Cumulative: retrain from the initial weights
+                state = self.init_state(init_key, scenario.input_shape)._replace(strategy_state=state.strategy_state)
             lr = self.hp.lr_first if first else self.hp.lr
             state = state._replace(opt_state=engine.set_learning_rate(state.opt_state, lr))
             state, data = self.strategy.before_batch(state, ctx)

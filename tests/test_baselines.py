@@ -49,3 +49,20 @@ def test_multi_task_cumulative_trains_every_example_on_its_own_task_head(tiny_co
     results = run_experiment(tiny_config, str(tmp_path), log=lambda event: None)
     run = results["strategies"]["cumulative"]["runs"][0]
     assert min(run["accuracy_matrix"][-1]) > 0.9
+
+
+def test_cumulative_from_scratch_forgets_how_earlier_batches_were_trained(tiny_config, tmp_path):
+    """from_scratch: batch i restarts from the initial weights, so B_1's training settings cannot
+    change anything after B_2; with from_scratch=False they do."""
+    tiny_config.strategies = "cumulative"
+    tiny_config.num_batches = 2
+    tiny_config.cumulative.epochs = 2
+
+    def final_params_accuracy(from_scratch: bool, lr_first: float) -> list[float]:
+        tiny_config.cumulative.from_scratch = from_scratch
+        tiny_config.cumulative.lr_first = lr_first
+        results = run_experiment(tiny_config, str(tmp_path), log=lambda event: None)
+        return results["strategies"]["cumulative"]["runs"][0]["accuracy_matrix"]
+
+    assert final_params_accuracy(True, 0.1)[1] == final_params_accuracy(True, 0.003)[1]
+    assert final_params_accuracy(False, 0.1)[1] != final_params_accuracy(False, 0.003)[1]
