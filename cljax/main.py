@@ -1,4 +1,9 @@
-"""Command line: python -m cljax.main --config=configs/default.py [--config.field=value] [--workdir=DIR]."""
+"""Command line: python -m cljax.main --config=configs/default.py [--config.field=value] [--workdir=DIR].
+
+Rerunning a command on the same workdir resumes it from its last completed batch. Bad input
+(flags, config values, data files, a workdir holding another config) gets one line on stderr
+and exit code 2, before anything is trained or written.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ from cljax import experiment
 from cljax.config import ConfigError
 from cljax.scenarios import DataError
 
-_WORKDIR = flags.DEFINE_string("workdir", "runs/default", "Directory for results.json and reports.")
+_WORKDIR = flags.DEFINE_string("workdir", "runs/default", "Directory for results.json, checkpoints and reports.")
 
 
 def fail(message: str) -> None:
@@ -59,14 +64,22 @@ def main(argv: list[str]) -> None:
         config.keys()  # the file is loaded lazily: load it now, to report a broken one as bad input
     except Exception as e:
         fail(config_load_error(e))
+    sys.exit(run(config, _WORKDIR.value))
+
+
+def run(config, workdir: str) -> int:
+    """The command after flag parsing: runs (or resumes) the experiment; returns the exit code,
+    2 after one line on stderr for bad input (config, data, a workdir holding another config)."""
     try:
-        results = experiment.run_experiment(config, _WORKDIR.value)
+        results = experiment.run_experiment(config, workdir)
     except (ConfigError, DataError) as e:
-        fail(str(e))
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
     print()
     print(experiment.comparison_table(results))
-    print(f"\nresults: {_WORKDIR.value}/results.json")
-    print(f"report: {_WORKDIR.value}/report/report.md")
+    print(f"\nresults: {workdir}/results.json")
+    print(f"report: {workdir}/report/report.md")
+    return 0
 
 
 if __name__ == "__main__":
