@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Iterable
 from typing import Any
 
@@ -197,11 +196,3 @@ def check_workdir(workdir: str, config) -> None:
             f"workdir {workdir!r} holds results of a different config ({shown}; see {stored[1]}); "
             "rerun with --config.overwrite=True to discard them, or use a new --workdir"
         )
-
-
-def clear_workdir(workdir: str) -> None:
-    """``--config.overwrite=True``: removes the workdir's checkpoints and results.json (nothing else)."""
-    shutil.rmtree(os.path.join(workdir, CHECKPOINTS_DIR), ignore_errors=True)
-    path = os.path.join(workdir, RESULTS_FILE)
-    if os.path.exists(path):
-        os.unlink(path)

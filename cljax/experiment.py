@@ -375,11 +375,12 @@ def _report_divergence(
 def clear_workdir(workdir: str) -> None:
     """``--config.overwrite=True``: removes what this program writes into the workdir (checkpoints,
     results.json, diagnostics_*.npz, report/, tensorboard/), nothing else."""
-    checkpoint.clear_workdir(workdir)
-    for path in glob.glob(os.path.join(glob.escape(workdir), "diagnostics_*.npz")):
-        os.unlink(path)
-    for directory in ("report", "tensorboard"):
+    for directory in (checkpoint.CHECKPOINTS_DIR, "report", "tensorboard"):
         shutil.rmtree(os.path.join(workdir, directory), ignore_errors=True)
+    here = glob.escape(workdir)
+    outputs = [os.path.join(here, checkpoint.RESULTS_FILE), diagnostics.diagnostics_path(here, "*")]
+    for path in [p for pattern in outputs for p in glob.glob(pattern)]:
+        os.unlink(path)
 
 
 def run_experiment(

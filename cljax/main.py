@@ -33,10 +33,17 @@ def define_config_flag(argv: list[str]):
             "config", "configs/default.py", "Experiment config file (configs/*.py[:arg]).", lock_config=True
         )
     except (AttributeError, KeyError) as e:
-        field = next((a.split("=")[0] for a in argv if a.startswith("--config.")), "--config.<field>")
-        fail(f"{field}: {e} is not a config field; the fields and their defaults are in cljax/config.py")
+        fail(unknown_field(argv, e))
     except Exception as e:  # the config file is user code: any failure to load it is bad input
         fail(config_load_error(e))
+
+
+def unknown_field(argv: list[str], e: Exception) -> str:
+    """ml_collections raises AttributeError/KeyError("'name'") for an override of a missing field."""
+    name = str(e).strip("\"'")
+    given = [a.split("=")[0] for a in argv if a.startswith("--config.")]
+    field = next((a for a in given if name in a[len("--config.") :].split(".")), given[0] if given else "--config")
+    return f"{field}: the config has no field {name!r}; the fields and their defaults are in cljax/config.py"
 
 
 def config_load_error(e: Exception) -> str:
@@ -51,6 +58,8 @@ def parse_flags(argv: list[str]) -> list[str]:
     except flags.Error as e:
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         fail(" ".join(lines[:1] + lines[-1:] if len(lines) > 1 else lines))  # first line + the cause
+    except (AttributeError, KeyError) as e:  # after an explicit --config=<file>: an unknown override
+        fail(unknown_field(argv, e))
     except Exception as e:  # --config=<file> is loaded while parsing; it is user code
         fail(config_load_error(e))
 

@@ -10,39 +10,41 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from cljax import checkpoint, engine, experiment
+from cljax import checkpoint, engine, experiment, files
 
 
 def test_crash_mid_write_leaves_the_old_results_intact(tmp_path, monkeypatch):
+    """A write that dies half-way (here: after half of the bytes) or after the last byte but
+    before the rename leaves the old results.json as it was, and no temporary file."""
     path = tmp_path / "results.json"
     old = {"strategies": {"naive": {"runs": [{"accuracy": [0.5, 0.25]}]}}}
     experiment.write_json_atomic(str(path), old)
     old_text = path.read_text()
+    new = {"strategies": {"naive": {"runs": [{"accuracy": [0.75] * 1000}]}}}
 
-    real_dump = json.dump
-
-    def dump_half_then_crash(payload, f, **kwargs):
-        text = json.dumps(payload, **kwargs)
+    def half_then_crash(f):
+        text = json.dumps(new).encode()
         f.write(text[: len(text) // 2])
         f.flush()
         raise KeyboardInterrupt("killed mid-write")
 
-    monkeypatch.setattr(json, "dump", dump_half_then_crash)
-    new = {"strategies": {"naive": {"runs": [{"accuracy": [0.75] * 1000}]}}}
     with pytest.raises(KeyboardInterrupt):
-        experiment.write_json_atomic(str(path), new)
+        files.write_atomic(str(path), half_then_crash, ".json")
     assert path.read_text() == old_text
     assert os.listdir(tmp_path) == ["results.json"]  # the temporary file is gone too
 
-    monkeypatch.setattr(json, "dump", real_dump)
+    def crash(fd):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(os, "fsync", crash)  # every byte written, then the sync before the rename fails
+    with pytest.raises(OSError):
+        experiment.write_json_atomic(str(path), new)
+    assert path.read_text() == old_text
+    assert os.listdir(tmp_path) == ["results.json"]
+
+    monkeypatch.undo()
     experiment.write_json_atomic(str(path), new)
     assert json.loads(path.read_text()) == new
-
-
-def test_write_atomic_binary(tmp_path):
-    path = tmp_path / "figure.png"
-    experiment.write_atomic(str(path), lambda f: f.write(b"\x89PNG..."), binary=True)
-    assert path.read_bytes() == b"\x89PNG..."
 
 
 def tiny_state() -> engine.TrainState:

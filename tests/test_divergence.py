@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cljax import checkpoint, engine, experiment
+from cljax import checkpoint, diagnostics, engine, experiment
 from cljax.config import base_config
 from cljax.strategies import STRATEGIES, Strategy
 
@@ -51,8 +51,7 @@ def test_diverged_runs_stop_are_recorded_and_keep_their_last_good_checkpoint(tmp
     workdir = str(tmp_path)
     results = experiment.run_experiment(config, workdir)
     out = capsys.readouterr().out
-    with open(os.path.join(workdir, "results.json")) as f:
-        saved = json.load(f)
+    saved = diagnostics.read_results(workdir)  # results.json + the per-batch arrays of the .npz files
     assert saved == json.loads(json.dumps(results))
     naive, poisoned, cumulative = (saved["strategies"][n] for n in ("naive", "poison", "cumulative"))
 

@@ -17,7 +17,7 @@ import sys
 import jax
 import pytest
 
-from cljax import checkpoint, experiment, main
+from cljax import checkpoint, diagnostics, experiment, main
 from cljax.config import base_config
 from cljax.scenarios import build_scenario, load_dataset
 from cljax.strategies import STRATEGIES
@@ -80,9 +80,18 @@ def without_timings(results: dict) -> dict:
     return results
 
 
+def differences(a, b, path: str = "") -> list[str]:
+    """Where two JSON-like trees differ (for a readable failure message)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b), key=str) for d in differences(a.get(k), b.get(k), f"{path}.{k}")]
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in differences(x, y, f"{path}[{i}]")]
+    return [] if a == b else [f"{path}: {a!r} != {b!r}"]
+
+
 def read_results(workdir) -> dict:
-    with open(os.path.join(workdir, "results.json")) as f:
-        return json.load(f)
+    """results.json with the per-batch arrays (confusion matrices, diagnostics) of the .npz files."""
+    return diagnostics.read_results(str(workdir))
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +138,7 @@ def test_sigkilled_cli_resumes_to_identical_results(tmp_path, reference):
         if point is None:  # the last start runs to the end
             break
         name, run = point
-        target = re.compile(rf"^{re.escape(name)}\s+run {run} batch {KILL_AFTER}/{NUM_BATCHES}:")
+        target = re.compile(rf"^{re.escape(name)}\s+run {run} batch {KILL_AFTER}/{NUM_BATCHES}: accuracy")
         lines = []
         for line in proc.stdout:
             lines.append(line)
@@ -149,10 +158,11 @@ def test_sigkilled_cli_resumes_to_identical_results(tmp_path, reference):
         assert resumed, out
         done = int(resumed.group(1))
         assert done >= KILL_AFTER
-        assert not re.search(rf"^{re.escape(name)}\s+run {run} batch [1-{done}]/", out, re.M), out
+        assert not re.search(rf"^{re.escape(name)}\s+run {run} batch [1-{done}]/", out, re.M), out  # nor started
     expected = reference()
     assert expected["strategies"][NAMES[0]]["runs"][0]["train_seconds"]  # the timings set aside
-    assert without_timings(read_results(workdir)) == without_timings(expected)
+    resumed = without_timings(read_results(workdir))
+    assert resumed == without_timings(expected), differences(resumed, without_timings(expected))[:10]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -219,6 +229,9 @@ def test_workdir_of_another_config_is_refused(tmp_path, capsys):
     assert "batch 1/1:" not in capsys.readouterr().out
 
     changed.overwrite = True
+    changed.strategies = NAMES[-1]
     assert main.run(changed, str(tmp_path)) == 0
     assert "batch 1/1:" in capsys.readouterr().out
     assert read_results(tmp_path)["config"]["lr"] == changed.lr
+    # Everything the old config wrote is gone (its per-strategy diagnostics too).
+    assert sorted(p for p in os.listdir(tmp_path) if p.startswith("diagnostics_")) == [f"diagnostics_{NAMES[-1]}.npz"]
