@@ -18,6 +18,19 @@ from ml_collections import config_dict
 TRAINING_FIELDS = ("epochs_first", "epochs", "lr_first", "lr", "batch_size", "optimizer", "momentum", "head")
 HEADS = ("default", "maximal", "expanding")
 SETTINGS = ("sit", "mt")
+# Strategy hyperparameters checked in every section that has them (sections land with their
+# strategies): name -> (lower bound, whether the bound itself is allowed). Values must be finite.
+HPARAM_BOUNDS = {
+    "strength": (0.0, False),  # λ of the quadratic penalty (EWC eq. 7, SI, AR1)
+    "max_f": (0.0, False),  # max_F, the importance clip (eq. 8, eq. 11)
+    "xi": (0.0, False),  # ξ, SI's damping (eq. 10)
+    "w_first": (0.0, True),  # w_1 (SI eq. 11; CWR's weight for B_1)
+    "w_rest": (0.0, True),  # w_i, i > 1
+    "init_std": (0.0, True),  # std of CWR's head re-initialisation (0 = zeros)
+}
+POSITIVE_INT_HPARAMS = ("fisher_batch_size",)
+# Fields that cannot change any result; a workdir's checkpoints resume even when they differ.
+RESUME_IGNORED_FIELDS = ("overwrite",)
 
 
 def strategy_section(**hparams) -> ml_collections.ConfigDict:
@@ -69,6 +82,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.momentum = 0.0
     c.head = "default"  # default (the strategy's, App. A) | maximal | expanding
     c.eval_batch_size = 1000  # test examples per evaluation chunk
+    # Workdir: rerunning the same command resumes from the last completed batch (cljax/checkpoint.py).
+    c.overwrite = False  # True: discard the workdir's checkpoints and results.json and start again
     # Strategies (one section each).
     c.naive = strategy_section()
     c.cumulative = strategy_section(epochs_first=10, epochs=10, from_scratch=True)  # retrain from the initial weights
@@ -130,9 +145,13 @@ def _positive_int(value, field: str) -> None:
     )
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _positive_float(value, field: str) -> None:
     _check(
-        isinstance(value, int | float) and math.isfinite(value) and value > 0,
+        _is_number(value) and math.isfinite(value) and value > 0,
         f"{field}={value!r} is invalid; it must be a positive finite number",
     )
 
@@ -152,6 +171,14 @@ def _validate_core50_fields(config, core50) -> None:
                 f"{field}={config[field]!r} applies to dataset=core50 only; dataset={config.dataset!r} "
                 f"needs the default {default!r}",
             )
+
+
+def _bounded_float(value, field: str, lower: float, inclusive: bool) -> None:
+    allowed = f">= {lower:g}" if inclusive else f"> {lower:g}"
+    _check(
+        _is_number(value) and math.isfinite(value) and (value >= lower if inclusive else value > lower),
+        f"{field}={value!r} is invalid; it must be a finite number {allowed}",
+    )
 
 
 def validate(config) -> None:
@@ -208,6 +235,12 @@ def validate(config) -> None:
             f"{prefix('momentum')}={hp.momentum!r} is invalid; it must be in [0, 1)",
         )
         _check(hp.head in HEADS, f"{prefix('head')}={hp.head!r} is unknown; allowed: {', '.join(HEADS)}")
+        for field, (lower, inclusive) in HPARAM_BOUNDS.items():
+            if field in hp:
+                _bounded_float(hp[field], f"{name}.{field}", lower, inclusive)
+        for field in POSITIVE_INT_HPARAMS:
+            if field in hp:
+                _positive_int(hp[field], f"{name}.{field}")
     _validate_regularization(config, names)
 
 
@@ -215,32 +248,19 @@ def _interval(value, field: str) -> None:
     _check(
         isinstance(value, tuple | list)
         and len(value) == 2
-        and all(isinstance(v, int | float) and math.isfinite(v) for v in value)
+        and all(_is_number(v) and math.isfinite(v) for v in value)
         and value[0] != value[1],
         f"{field}={value!r} is invalid; it must be two different finite numbers (lo, hi)",
     )
 
 
 def _validate_regularization(config, names: list[str]) -> None:
-    """Fields of the lwf, ewc and si sections (sec. 2.1-2.3)."""
+    """LwF's map intervals (eq. 5) and EWC's Fisher mode; numeric bounds are in HPARAM_BOUNDS."""
     if "lwf" in names:
         _interval(config.lwf.map_from, "lwf.map_from")
         _interval(config.lwf.map_to, "lwf.map_to")
-    for name in ("ewc", "si"):
-        if name in names:
-            _positive_float(config[name].strength, f"{name}.strength")
-            _positive_float(config[name].max_f, f"{name}.max_f")
     if "ewc" in names:
         _check(
             config.ewc.fisher in ("per_example", "minibatch"),
             f"ewc.fisher={config.ewc.fisher!r} is unknown; allowed: per_example, minibatch",
         )
-        _positive_int(config.ewc.fisher_batch_size, "ewc.fisher_batch_size")
-    if "si" in names:
-        _positive_float(config.si.xi, "si.xi")
-        for field in ("w_first", "w_rest"):
-            value = config.si[field]
-            _check(
-                isinstance(value, int | float) and math.isfinite(value) and value >= 0,
-                f"si.{field}={value!r} is invalid; it must be a finite number >= 0",
-            )
