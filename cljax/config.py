@@ -49,7 +49,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = "mlp"  # mlp | cifarnet
     c.hidden_sizes = (400, 400)  # MLP hidden layers
     # Experiment.
-    c.strategies = "naive,cumulative"  # comma-separated strategy names, run in this order
+    c.strategies = "naive,cumulative,cwr,cwr_plus"  # comma-separated strategy names, run in this order
     c.num_runs = 3  # runs with different class orders (run 0: natural order)
     c.seed = 0  # class orders and PRNG keys derive from (seed, run)
     # Training defaults for every strategy (B_1 and B_i>1 as in Tables 4-5).
@@ -65,6 +65,10 @@ def base_config() -> ml_collections.ConfigDict:
     # Strategies (one section each).
     c.naive = strategy_section()
     c.cumulative = strategy_section(epochs=10)
+    # CWR (Alg. 1): tw re-initialised N(0, init_std²) per batch; cw[j] = w_i·tw[j] (w_1 = w_first).
+    c.cwr = strategy_section(w_first=1.0, w_rest=1.0, init_std=0.01)
+    # CWR+ (Alg. 2): zero init, mean-shift; avg: 'batch' (authors' code) | 'all' (every head weight).
+    c.cwr_plus = strategy_section(avg="batch")
     return c
 
 
@@ -156,3 +160,14 @@ def validate(config) -> None:
             f"{prefix('momentum')}={hp.momentum!r} is invalid; it must be in [0, 1)",
         )
         _check(hp.head in HEADS, f"{prefix('head')}={hp.head!r} is unknown; allowed: {', '.join(HEADS)}")
+    _validate_architectural(config, names)
+
+
+def _validate_architectural(config, names: list[str]) -> None:
+    """CWR, CWR+ (and AR1) hyperparameters (section 3)."""
+    if "cwr" in names:
+        for field in ("w_first", "w_rest", "init_std"):
+            _positive_float(config.cwr[field], f"cwr.{field}")
+    if "cwr_plus" in names:
+        avg = config.cwr_plus.avg
+        _check(avg in ("batch", "all"), f"cwr_plus.avg={avg!r} is unknown; allowed: batch, all")

@@ -15,13 +15,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from cljax import engine, metrics
 from cljax.config import ConfigError, strategy_hparams, strategy_names, validate
-from cljax.models import build_model
+from cljax.models import HEAD, build_model
 from cljax.scenarios import Dataset, Scenario, build_scenario, load_dataset
 from cljax.strategies import BatchContext, Strategy, make_strategy
 
@@ -85,6 +87,13 @@ class Heads:
         return table, np.where(task < 0, self.scenario.num_batches, task).astype(np.int32)
 
 
+def apply_head(params, features_BxD: jax.Array, train: bool = False, rngs=None) -> jax.Array:
+    """The classifier layer alone, on penultimate features: the model of a head-only fit."""
+    del train, rngs  # the head has no dropout
+    head = params["params"][HEAD]
+    return nn.Dense(head["kernel"].shape[-1]).apply({"params": head}, features_BxD)
+
+
 def head_kind(config, hp, strategy: Strategy) -> str:
     if config.setting == "mt":
         return "multi"
@@ -103,6 +112,7 @@ class Trainer:
     tx: Any
     fit: Callable
     capacity: int
+    head_fit: Callable | None = None  # head-only fit for batches with ``strategy.trains_body(i)`` False
 
     @classmethod
     def build(cls, config, name: str, dataset: Dataset) -> Trainer:
@@ -111,7 +121,9 @@ class Trainer:
         model = build_model(config, dataset.num_classes)
         tx = strategy.transform(engine.make_optimizer(hp.optimizer, hp.momentum))
         fit = engine.make_fit(model.apply, tx, strategy.loss, hp.batch_size)
-        return cls(name, config, hp, strategy, model, tx, fit, data_capacity(dataset, config, strategy.cumulative_data))
+        head_fit = engine.make_fit(apply_head, tx, strategy.loss, hp.batch_size)
+        capacity = data_capacity(dataset, config, strategy.cumulative_data)
+        return cls(name, config, hp, strategy, model, tx, fit, capacity, head_fit)
 
     def init_state(self, key: jax.Array, input_shape) -> engine.TrainState:
         params = self.model.init({"params": key}, jnp.zeros((1,) + tuple(input_shape), jnp.float32))
@@ -123,6 +135,27 @@ class Trainer:
         y = np.concatenate([b.y for b in batches])
         data = {"x": engine.pad_to(x, self.capacity), "y": engine.pad_to(y, self.capacity)}
         return jax.device_put(data), len(y)
+
+    def fit_batch(self, state: engine.TrainState, data, num_examples, epochs, logit_mask, key, index: int):
+        """Trains B_index: the whole model, or, when ``strategy.trains_body(index)`` is False (CWR,
+        CWR+ after B_1), the head alone on features computed once with Θ̄ frozen.
+
+        The head-only fit is a second compiled ``fit`` whose params are ``{'params': {'head': ...}}``:
+        Θ̄ is neither differentiated nor updated, so it stays bitwise unchanged whatever the
+        optimizer. Its optimizer state starts fresh each batch (the head is re-initialised anyway).
+        """
+        if self.strategy.trains_body(index):
+            return self.fit(state, data, num_examples, epochs, logit_mask, key)
+        chunk = min(self.config.eval_batch_size, self.capacity)
+        feats = engine.features(self.model.apply, state.params, data["x"], chunk=chunk)
+        head_params = {"params": {HEAD: state.params["params"][HEAD]}}
+        opt_state = engine.set_learning_rate(
+            self.tx.init(head_params), optax.tree.get(state.opt_state, "learning_rate")
+        )
+        head_state = engine.TrainState(head_params, opt_state, state.strategy_state)
+        head_state, fit_metrics = self.head_fit(head_state, {**data, "x": feats}, num_examples, epochs, logit_mask, key)
+        params = {**state.params, "params": {**state.params["params"], HEAD: head_state.params["params"][HEAD]}}
+        return state._replace(params=params, strategy_state=head_state.strategy_state), fit_metrics
 
     def run_stream(
         self,
@@ -172,7 +205,7 @@ class Trainer:
             state = state._replace(opt_state=engine.set_learning_rate(state.opt_state, lr))
             state, data = self.strategy.before_batch(state, ctx)
             epochs = self.hp.epochs_first if first else self.hp.epochs
-            state, fit_metrics = self.fit(state, data, num_examples, epochs, logit_mask, fit_key)
+            state, fit_metrics = self.fit_batch(state, data, num_examples, epochs, logit_mask, fit_key, i)
             bad_step = int(fit_metrics.nonfinite_step)
             if bad_step >= 0:
                 record["diverged"] = {"batch": i, "step": bad_step}

@@ -6,11 +6,15 @@ from collections.abc import Callable
 
 from cljax.strategies.base import BatchContext, Strategy
 from cljax.strategies.cumulative import cumulative
+from cljax.strategies.cwr import cwr
+from cljax.strategies.cwr_plus import cwr_plus
 from cljax.strategies.naive import naive
 
 STRATEGIES: dict[str, Callable[..., Strategy]] = {
     "naive": naive,
     "cumulative": cumulative,
+    "cwr": cwr,
+    "cwr_plus": cwr_plus,
 }
 
 
