@@ -66,9 +66,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.naive = strategy_section()
     c.cumulative = strategy_section(epochs=10)
     # CWR (Alg. 1): tw re-initialised N(0, init_std²) per batch; cw[j] = w_i·tw[j] (w_1 = w_first).
-    c.cwr = strategy_section(w_first=1.0, w_rest=1.0, init_std=0.01)
+    # Digits: B_i>1 train the head alone (cheap), so more epochs at a lower rate (sweep: BUILD_NOTES.md).
+    c.cwr = strategy_section(w_first=1.0, w_rest=1.0, init_std=0.01, epochs=20, lr=0.02)
     # CWR+ (Alg. 2): zero init, mean-shift; avg: 'batch' (authors' code) | 'all' (every head weight).
-    c.cwr_plus = strategy_section(avg="batch")
+    c.cwr_plus = strategy_section(avg="batch", epochs=20, lr=0.02)
     return c
 
 
