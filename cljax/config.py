@@ -49,7 +49,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = "mlp"  # mlp | cifarnet
     c.hidden_sizes = (400, 400)  # MLP hidden layers
     # Experiment.
-    c.strategies = "naive,cumulative,cwr,cwr_plus"  # comma-separated strategy names, run in this order
+    c.strategies = "naive,cumulative,lwf,ewc,si,cwr,cwr_plus"  # comma-separated strategy names, run in this order
     c.num_runs = 3  # runs with different class orders (run 0: natural order)
     c.seed = 0  # class orders and PRNG keys derive from (seed, run)
     # Training defaults for every strategy (B_1 and B_i>1 as in Tables 4-5).
@@ -65,6 +65,26 @@ def base_config() -> ml_collections.ConfigDict:
     # Strategies (one section each).
     c.naive = strategy_section()
     c.cumulative = strategy_section(epochs=10)
+    # LwF (sec. 2.1): λ_i = map(1 − n_i / Σ_{j≤i} n_j) (eq. 5), map = the linear map map_from -> map_to.
+    c.lwf = strategy_section(
+        map_from=(0.66, 0.9),  # interval of 1 − n_i/Σn_j mapped ... (Table 4)
+        map_to=(0.45, 0.85),  # ... onto this interval of λ_i
+    )
+    # EWC (sec. 2.2): penalty (λ/2)·Σ F̂(θ − θ*)², F̂ = clip(F/i, max_F) (eq. 6-8).
+    c.ewc = strategy_section(
+        strength=1.0,  # λ
+        max_f=1.0,  # max_F, the clip of F̂
+        fisher="per_example",  # per_example (mean of squared per-pattern gradients) | minibatch (App. A)
+        fisher_batch_size=64,  # per_example: patterns per vmap chunk; minibatch: patterns per mini-batch
+    )
+    # SI (sec. 2.3): F^i = path / (T² + ξ) (eq. 10), F = F + w_i·F^i, F̂ = clip(F, max_F) (eq. 11).
+    c.si = strategy_section(
+        strength=1.0,  # λ
+        max_f=1.0,  # max_F
+        xi=1e-3,  # ξ
+        w_first=1.0,  # w_1
+        w_rest=1.0,  # w_i, i > 1
+    )
     # CWR (Alg. 1): tw re-initialised N(0, init_std²) per batch; cw[j] = w_i·tw[j] (w_1 = w_first).
     # Digits: B_i>1 train the head alone (cheap), so more epochs at a lower rate (sweep: BUILD_NOTES.md).
     c.cwr = strategy_section(w_first=1.0, w_rest=1.0, init_std=0.01, epochs=20, lr=0.02)
@@ -161,7 +181,43 @@ def validate(config) -> None:
             f"{prefix('momentum')}={hp.momentum!r} is invalid; it must be in [0, 1)",
         )
         _check(hp.head in HEADS, f"{prefix('head')}={hp.head!r} is unknown; allowed: {', '.join(HEADS)}")
+    _validate_regularization(config, names)
     _validate_architectural(config, names)
+
+
+def _interval(value, field: str) -> None:
+    _check(
+        isinstance(value, tuple | list)
+        and len(value) == 2
+        and all(isinstance(v, int | float) and math.isfinite(v) for v in value)
+        and value[0] != value[1],
+        f"{field}={value!r} is invalid; it must be two different finite numbers (lo, hi)",
+    )
+
+
+def _validate_regularization(config, names: list[str]) -> None:
+    """Fields of the lwf, ewc and si sections (sec. 2.1-2.3)."""
+    if "lwf" in names:
+        _interval(config.lwf.map_from, "lwf.map_from")
+        _interval(config.lwf.map_to, "lwf.map_to")
+    for name in ("ewc", "si"):
+        if name in names:
+            _positive_float(config[name].strength, f"{name}.strength")
+            _positive_float(config[name].max_f, f"{name}.max_f")
+    if "ewc" in names:
+        _check(
+            config.ewc.fisher in ("per_example", "minibatch"),
+            f"ewc.fisher={config.ewc.fisher!r} is unknown; allowed: per_example, minibatch",
+        )
+        _positive_int(config.ewc.fisher_batch_size, "ewc.fisher_batch_size")
+    if "si" in names:
+        _positive_float(config.si.xi, "si.xi")
+        for field in ("w_first", "w_rest"):
+            value = config.si[field]
+            _check(
+                isinstance(value, int | float) and math.isfinite(value) and value >= 0,
+                f"si.{field}={value!r} is invalid; it must be a finite number >= 0",
+            )
 
 
 def _validate_architectural(config, names: list[str]) -> None:

@@ -8,11 +8,17 @@ from cljax.strategies.base import BatchContext, Strategy
 from cljax.strategies.cumulative import cumulative
 from cljax.strategies.cwr import cwr
 from cljax.strategies.cwr_plus import cwr_plus
+from cljax.strategies.ewc import ewc
+from cljax.strategies.lwf import lwf
 from cljax.strategies.naive import naive
+from cljax.strategies.si import si
 
 STRATEGIES: dict[str, Callable[..., Strategy]] = {
     "naive": naive,
     "cumulative": cumulative,
+    "lwf": lwf,
+    "ewc": ewc,
+    "si": si,
     "cwr": cwr,
     "cwr_plus": cwr_plus,
 }

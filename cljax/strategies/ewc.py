@@ -1,0 +1,150 @@
+"""EWC, Elastic Weight Consolidation, as the paper adapts it to SIT (sec. 2.2, App. A).
+
+After training on B_i: F^i = diagonal (empirical) Fisher on B_i, the mean over
+its patterns of the squared per-pattern gradients of the task loss; consolidate
+F = F + F^i, F̂ = clip(F / i, max_F) (eq. 8); Θ* = the current weights. During
+the next batches the quadratic penalty (λ/2)·Σ F̂_k·(θ_k − θ*_k)² (eq. 6) pulls
+the weights toward Θ* in weight-decay style (eq. 7, ``transforms.quadratic_anchor_penalty``).
+
+The Fisher is computed with vmap of grad over fixed-size chunks of the padded
+batch (memory bounded by ``fisher_batch_size`` per-example gradients; padding
+rows weighted zero, so one compilation serves every batch). ``fisher='minibatch'``
+is the paper's faster variant (App. A): the mean of squared *mini-batch*
+gradients, ``fisher_batch_size`` patterns per mini-batch in a random order.
+The logits get the training head's mask, as during training.
+
+Stability of eq. 7 needs η·λ·max_F ≤ 1; Table 4's own values give about 1.2, so an
+excess is a warning, not an error.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from cljax import transforms
+from cljax.engine import Params, TrainState, cross_entropy, mask_logits
+from cljax.strategies.base import BatchContext, Strategy
+
+FISHER_MODES = ("per_example", "minibatch")
+
+
+def warn_if_unstable(lr: float, strength: float, max_f: float, name: str) -> None:
+    """Warns when η·λ·max_F > 1: the pull toward Θ* can overshoot (eq. 7)."""
+    product = lr * strength * max_f
+    if product > 1.0:
+        warnings.warn(
+            f"{name}: learning rate η={lr:g} · strength λ={strength:g} · max_f={max_f:g} = {product:.3g} > 1; "
+            "the penalty step can overshoot the anchor (eq. 7)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+
+def _example_loss(apply_fn, params, x, y, logit_mask):
+    logits = apply_fn(params, x[None], train=False)
+    return cross_entropy(mask_logits(logits, logit_mask), {"y": y[None]}, None)[0]
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn", "mode", "chunk"))
+def diagonal_fisher(
+    apply_fn: Callable[..., jax.Array],
+    params: Params,
+    x: jax.Array,
+    y: jax.Array,
+    num_examples,
+    logit_mask: jax.Array,
+    key: jax.Array,
+    mode: str = "per_example",
+    chunk: int = 64,
+) -> Params:
+    """F^i: the mean over the first ``num_examples`` rows of the squared gradients of the task loss.
+
+    ``mode='per_example'``: per-pattern gradients (vmap of grad), ``chunk`` at a time.
+    ``mode='minibatch'``: gradients of the mean loss over mini-batches of ``chunk`` rows
+    (a random grouping drawn from ``key``), squared and averaged over mini-batches, each
+    weighted by its number of real rows (App. A's faster variant).
+    """
+    capacity = x.shape[0]
+    num_examples = jnp.asarray(num_examples, jnp.int32)
+    padded = -(-capacity // chunk) * chunk
+    if mode == "minibatch":  # random grouping of the real rows; padding rows sort last
+        noise = jax.random.uniform(key, (capacity,))
+        order = jnp.argsort(jnp.where(jnp.arange(capacity) < num_examples, noise, 2.0))
+        x, y = x[order], y[order]
+    x = jnp.concatenate([x, jnp.zeros((padded - capacity,) + x.shape[1:], x.dtype)])
+    y = jnp.concatenate([y, jnp.zeros((padded - capacity,), y.dtype)])
+    weights = (jnp.arange(padded) < num_examples).astype(jnp.float32)
+    grad_fn = jax.grad(_example_loss, argnums=1)
+
+    def chunk_sum(args):
+        x_c, y_c, w_c = args
+        if mode == "per_example":
+            g = jax.vmap(grad_fn, in_axes=(None, None, 0, 0, None))(apply_fn, params, x_c, y_c, logit_mask)
+            return jax.tree.map(lambda gi: jnp.einsum("n,n...->...", w_c, gi**2), g)
+        count = jnp.sum(w_c)
+
+        def mean_loss(p):
+            per_example = jax.vmap(_example_loss, in_axes=(None, None, 0, 0, None))(apply_fn, p, x_c, y_c, logit_mask)
+            return jnp.sum(per_example * w_c) / jnp.maximum(count, 1.0)
+
+        return jax.tree.map(lambda gi: count * gi**2, jax.grad(mean_loss)(params))
+
+    shaped = lambda a: a.reshape((-1, chunk) + a.shape[1:])  # noqa: E731
+    sums = jax.lax.map(chunk_sum, (shaped(x), shaped(y), shaped(weights)))
+    denominator = jnp.maximum(num_examples, 1).astype(jnp.float32)
+    return jax.tree.map(lambda s, p: (jnp.sum(s, axis=0) / denominator).astype(p.dtype), sums, params)
+
+
+@jax.jit
+def ewc_consolidate(fisher_sum: Params, batch_fisher: Params, batches_seen, max_f) -> tuple[Params, Params]:
+    """Eq. 8: F = F + F^i; F̂ = clip(F / i, max_F), ``batches_seen`` = i (1-based). Returns (F, F̂)."""
+    fisher_sum = jax.tree.map(jnp.add, fisher_sum, batch_fisher)
+    i = jnp.asarray(batches_seen, jnp.float32)
+    f_hat = jax.tree.map(lambda f: jnp.minimum(f / i, max_f).astype(f.dtype), fisher_sum)
+    return fisher_sum, f_hat
+
+
+def ewc(hparams) -> Strategy:
+    strength, max_f = float(hparams.strength), float(hparams.max_f)
+    mode, chunk = hparams.fisher, int(hparams.fisher_batch_size)
+    if mode not in FISHER_MODES:
+        raise ValueError(f"ewc.fisher={mode!r} is unknown; allowed: {', '.join(FISHER_MODES)}")
+    warn_if_unstable(float(hparams.lr), strength, max_f, "ewc")
+
+    def transform(base_tx: optax.GradientTransformation) -> optax.GradientTransformation:
+        return optax.chain(transforms.quadratic_anchor_penalty(strength), base_tx)
+
+    def init(params: Params) -> dict[str, Any]:
+        return {"fisher_sum": jax.tree.map(jnp.zeros_like, params)}
+
+    def after_batch(state: TrainState, ctx: BatchContext) -> TrainState:
+        batch_fisher = diagonal_fisher(
+            ctx.apply_fn,
+            state.params,
+            ctx.data["x"],
+            ctx.data["y"],
+            ctx.num_examples,
+            ctx.logit_mask,
+            ctx.key,
+            mode=mode,
+            chunk=chunk,
+        )
+        fisher_sum, f_hat = ewc_consolidate(state.strategy_state["fisher_sum"], batch_fisher, ctx.index + 1, max_f)
+        opt_state = transforms.replace_anchor_state(state.opt_state, anchor=state.params, importance=f_hat)
+        return TrainState(state.params, opt_state, {**state.strategy_state, "fisher_sum": fisher_sum})
+
+    def importance(state: TrainState) -> dict[str, Any]:
+        return {
+            "F": state.strategy_state["fisher_sum"],
+            "F_hat": transforms.anchor_state(state.opt_state).importance,
+            "max_f": max_f,
+        }
+
+    return Strategy(name="ewc", transform=transform, init=init, after_batch=after_batch, importance=importance)

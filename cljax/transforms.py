@@ -1,0 +1,224 @@
+"""Optax building blocks for the regularisation strategies (EWC, SI, AR1), usable from plain optax code.
+
+- ``quadratic_anchor_penalty``: the EWC/SI penalty (λ/2)·Σ_k F̂_k·(θ_k − θ*_k)² (eq. 6) applied in
+  weight-decay style (eq. 7): adds λ·F̂·(θ − Θ*) to the incoming gradient. It goes FIRST in the chain,
+  so the base optimizer (SGD, momentum, Adam) sees task gradient + penalty gradient.
+- ``si_path_tracker``: a pass-through that goes LAST in the chain, where its input is the update Δθ
+  actually applied; it receives the raw task-loss gradient g as the keyword extra argument
+  ``task_grads`` and accumulates the SI path integral Σ −g·Δθ (eq. 9-10, sign as in PAPER_NOTES:
+  importance comes out non-negative for SGD). Because Δθ is the applied update, it is right for any
+  base optimizer, not only plain SGD (where it reduces to η·g²).
+
+Typical use (the order matters)::
+
+    tx = optax.chain(quadratic_anchor_penalty(strength), base_optimizer, si_path_tracker())
+    updates, opt_state = tx.update(grads, opt_state, params, task_grads=grads)
+
+Between batches the strategies read and replace these states inside the chained ``opt_state`` with
+the pure helpers below (``anchor_state``/``replace_anchor_state``, ``si_path_state``/``reset_si_path``);
+replacements keep every leaf's dtype and, under a mask, the ``optax.MaskedNode`` placeholders, so the
+compiled training step is reused by every batch.
+
+Masks follow ``optax.masked``: a pytree of Python bools (or a callable params -> such a pytree),
+``True`` where the transformation applies. Unmasked-out leaves get no penalty, no importance and no
+anchor (their state holds ``optax.MaskedNode``); ``exclude_mask("head")`` builds the mask AR1 uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+Params = Any
+Mask = Any  # pytree of bools (prefix of params) or Callable[[Params], pytree of bools]
+
+
+class QuadraticAnchorState(NamedTuple):
+    """State of ``quadratic_anchor_penalty``: anchor weights Θ* and (clipped) importance F̂."""
+
+    anchor: Params
+    importance: Params
+
+
+class SIPathState(NamedTuple):
+    """State of ``si_path_tracker``: Σ −g·Δθ since the last reset, and the weights at that reset."""
+
+    path: Params
+    start: Params
+
+
+def _is_masked(x: Any) -> bool:
+    return isinstance(x, optax.MaskedNode)
+
+
+def map_unmasked(fn: Callable[..., jax.Array], template: Params, *others: Params) -> Params:
+    """``jax.tree.map(fn, template, *others)`` that keeps ``MaskedNode`` wherever ``template`` has one.
+
+    ``others`` may be full parameter trees or trees with the same ``MaskedNode`` placeholders.
+    """
+    return jax.tree.map(
+        lambda t, *rest: t if _is_masked(t) else fn(t, *rest),
+        template,
+        *others,
+        is_leaf=_is_masked,
+    )
+
+
+def _cast_like(template: Params, new: Params) -> Params:
+    """``new`` with ``template``'s dtypes (strongly typed: no recompile) and ``MaskedNode`` placeholders."""
+
+    def cast(old: jax.Array, value: Any) -> jax.Array:
+        value = jnp.asarray(value, old.dtype)
+        if value.shape != old.shape:
+            raise ValueError(f"replacement leaf has shape {value.shape}; the stored leaf has shape {old.shape}")
+        return value
+
+    return map_unmasked(cast, template, new)
+
+
+def unmask(tree: Params, params: Params, fill: float = 0.0) -> Params:
+    """A full parameter-shaped tree: ``tree``'s values, ``fill`` where ``tree`` has a ``MaskedNode``."""
+    return jax.tree.map(
+        lambda t, p: jnp.full(p.shape, fill, p.dtype) if _is_masked(t) else t,
+        tree,
+        params,
+        is_leaf=_is_masked,
+    )
+
+
+def exclude_mask(*names: str) -> Callable[[Params], Params]:
+    """Mask (for ``optax.masked``) that is False for every leaf under a dict key in ``names``.
+
+    ``exclude_mask("head")`` selects the shared weights Θ̄ of a ``Classifier`` (AR1: the SI
+    importance and the anchor never touch the head).
+    """
+
+    def mask_fn(params: Params) -> Params:
+        def keep(path, _leaf) -> bool:
+            return not any(isinstance(k, jax.tree_util.DictKey) and k.key in names for k in path)
+
+        return jax.tree_util.tree_map_with_path(keep, params)
+
+    return mask_fn
+
+
+def _maybe_masked(tx: optax.GradientTransformation, mask: Mask | None) -> optax.GradientTransformationExtraArgs:
+    if mask is None:
+        return optax.with_extra_args_support(tx)
+    # The extra argument ``task_grads`` has the params' structure: mask it like the updates.
+    return optax.masked(tx, mask, mask_compatible_extra_args=True)
+
+
+def quadratic_anchor_penalty(strength: float, mask: Mask | None = None) -> optax.GradientTransformationExtraArgs:
+    """Adds ``strength·F̂·(θ − Θ*)`` to the incoming gradient (EWC/SI penalty, eq. 6-7).
+
+    The state starts with Θ* = the initial params and F̂ = 0, so until ``replace_anchor_state``
+    sets an importance the chain computes exactly the base optimizer's updates. Put it first in
+    the chain: the penalty gradient then goes through the base optimizer like the task gradient
+    (eq. 7 for plain SGD: θ' = θ − η·g − η·λ·F̂·(θ − θ*)); stability needs η·λ·max F̂ ≤ 1.
+    """
+
+    def init_fn(params: Params) -> QuadraticAnchorState:
+        return QuadraticAnchorState(
+            anchor=jax.tree.map(jnp.array, params),  # a copy, not an alias of the live params
+            importance=jax.tree.map(jnp.zeros_like, params),
+        )
+
+    def update_fn(updates, state: QuadraticAnchorState, params=None):
+        if params is None:
+            raise ValueError("quadratic_anchor_penalty needs the current params: call tx.update(grads, state, params)")
+        updates = jax.tree.map(
+            lambda g, f, p, a: g + (strength * f * (p - a)).astype(g.dtype),
+            updates,
+            state.importance,
+            params,
+            state.anchor,
+        )
+        return updates, state
+
+    return _maybe_masked(optax.GradientTransformation(init_fn, update_fn), mask)
+
+
+def si_path_tracker(mask: Mask | None = None) -> optax.GradientTransformationExtraArgs:
+    """Pass-through that accumulates the SI path integral ``path += −g·Δθ`` (eq. 9-10).
+
+    Place it last in the chain: its input ``updates`` is then the update Δθ that
+    ``optax.apply_updates`` applies, whatever the base optimizer. ``g`` is the raw task-loss
+    gradient (without the penalty), passed as ``tx.update(..., task_grads=g)``.
+    """
+
+    def init_fn(params: Params) -> SIPathState:
+        return SIPathState(path=jax.tree.map(jnp.zeros_like, params), start=jax.tree.map(jnp.array, params))
+
+    def update_fn(updates, state: SIPathState, params=None, *, task_grads=None, **extra_args):
+        del params, extra_args
+        if task_grads is None:
+            raise ValueError("si_path_tracker needs the raw task gradient: tx.update(..., task_grads=grads)")
+        path = jax.tree.map(lambda acc, g, delta: acc - (g * delta).astype(acc.dtype), state.path, task_grads, updates)
+        return updates, state._replace(path=path)
+
+    return _maybe_masked(optax.GradientTransformationExtraArgs(init_fn, update_fn), mask)
+
+
+# Pure helpers on a (chained, possibly masked) optimizer state. ----------------------------------
+
+
+def anchor_state(opt_state: optax.OptState) -> QuadraticAnchorState:
+    """The ``QuadraticAnchorState`` inside ``opt_state`` (``MaskedNode`` at masked-out leaves)."""
+    found = optax.tree.get(opt_state, "QuadraticAnchorState")
+    if found is None:
+        raise KeyError("opt_state holds no quadratic_anchor_penalty state")
+    return found
+
+
+def replace_anchor_state(
+    opt_state: optax.OptState, *, anchor: Params | None = None, importance: Params | None = None
+) -> optax.OptState:
+    """``opt_state`` with a new anchor Θ* and/or importance F̂.
+
+    ``anchor``/``importance`` may be full parameter trees: values at masked-out leaves are
+    dropped and every leaf is cast to the stored dtype.
+    """
+    old = anchor_state(opt_state)
+    new = QuadraticAnchorState(
+        anchor=old.anchor if anchor is None else _cast_like(old.anchor, anchor),
+        importance=old.importance if importance is None else _cast_like(old.importance, importance),
+    )
+    return optax.tree.set(opt_state, QuadraticAnchorState=new)
+
+
+def si_path_state(opt_state: optax.OptState) -> SIPathState:
+    """The ``SIPathState`` inside ``opt_state`` (``MaskedNode`` at masked-out leaves)."""
+    found = optax.tree.get(opt_state, "SIPathState")
+    if found is None:
+        raise KeyError("opt_state holds no si_path_tracker state")
+    return found
+
+
+def reset_si_path(opt_state: optax.OptState, params: Params) -> optax.OptState:
+    """Zero path, start point = ``params``: call before training each batch B_i."""
+    old = si_path_state(opt_state)
+    new = SIPathState(
+        path=map_unmasked(jnp.zeros_like, old.path),
+        start=_cast_like(old.start, params),
+    )
+    return optax.tree.set(opt_state, SIPathState=new)
+
+
+def si_batch_importance(tracker: SIPathState, params: Params, xi: float) -> Params:
+    """SI importance of the batch just trained: F^i_k = max(path_k / (T_k² + ξ), 0) (eq. 10).
+
+    T_k = θ_k − θ_k(start) is the total move of the weight during the batch. The path −g·Δθ can
+    turn negative for some weights when the penalty is active: the batch importance is clipped
+    at zero (PAPER_NOTES) so F only accumulates. ``MaskedNode`` leaves stay masked.
+    """
+    return map_unmasked(
+        lambda path, start, p: jnp.maximum(path / ((p - start) ** 2 + xi), 0.0).astype(path.dtype),
+        tracker.path,
+        tracker.start,
+        params,
+    )

@@ -1,0 +1,114 @@
+"""LwF (sec. 2.1): eq. 2 vs eq. 3 gradients (eq. 4), eq. 5's λ_i schedule, soft targets."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cljax import engine
+from cljax.models import Classifier, MLPBody
+from cljax.strategies import BatchContext, make_strategy
+from cljax.strategies.lwf import SOFT_TARGETS, linear_map, lwf_lambda, lwf_loss
+
+
+def _eq2_loss(logits, y, soft, lam):
+    """Eq. 2: (1 − λ)·CE(ŷ, onehot) + λ·CE(ŷ, ŷ_lwf), the two-term form (per example)."""
+    hard = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    return (1.0 - lam) * hard + lam * optax.softmax_cross_entropy(logits, soft)
+
+
+@jax.jit
+def _logit_gradients(logits, y, soft, lam):
+    g2 = jax.grad(lambda o: jnp.sum(_eq2_loss(o, y, soft, lam)))(logits)
+    g3 = jax.grad(lambda o: jnp.sum(lwf_loss(o, {"y": y, SOFT_TARGETS: soft}, {"lambda": lam})))(logits)
+    return g2, g3
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), lam=st.floats(0.0, 1.0), scale=st.floats(0.1, 20.0))
+def test_eq2_and_eq3_have_identical_logit_gradients(seed, lam, scale):
+    rng = np.random.default_rng(seed)
+    batch, classes = 5, 7  # fixed shapes: one compilation for every example
+    logits = (scale * rng.standard_normal((batch, classes))).astype(np.float32)
+    y = rng.integers(0, classes, batch).astype(np.int32)
+    soft = rng.dirichlet(np.ones(classes), batch).astype(np.float32)
+    lam = np.float32(lam)
+    g2, g3 = _logit_gradients(logits, y, soft, lam)
+    np.testing.assert_allclose(g3, g2, rtol=1e-5, atol=1e-6)
+    # Eq. 4: both equal ŷ − ((1 − λ)·onehot + λ·ŷ_lwf), here from a float64 NumPy softmax.
+    z = logits.astype(np.float64)
+    probs = np.exp(z - z.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    target = (1 - lam) * np.eye(classes)[y] + lam * soft
+    np.testing.assert_allclose(g3, probs - target, rtol=1e-4, atol=1e-5)
+
+
+def test_lambda_schedule_core50_identity_map():
+    # CORe50 NC: 10 classes in B_1, then 5 per batch (examples proportional); identity map.
+    sizes = [10] + [5] * 8
+    got = [lwf_lambda(sizes[: i + 1], (0.0, 1.0), (0.0, 1.0)) for i in range(len(sizes))]
+    np.testing.assert_allclose(got, [0.0, 2 / 3, 3 / 4, 4 / 5, 5 / 6, 6 / 7, 7 / 8, 8 / 9, 9 / 10], rtol=1e-12)
+
+
+def test_table4_map_and_clipping():
+    # [0.66, 0.9] -> [0.45, 0.85]: endpoints map onto endpoints, midpoint onto midpoint.
+    assert linear_map(0.66, (0.66, 0.9), (0.45, 0.85)) == pytest.approx(0.45)
+    assert linear_map(0.9, (0.66, 0.9), (0.45, 0.85)) == pytest.approx(0.85)
+    assert linear_map(0.78, (0.66, 0.9), (0.45, 0.85)) == pytest.approx(0.65)
+    # CORe50's B_2: x = 2/3 -> 0.45 + (2/3 − 0.66)·0.4/0.24.
+    assert lwf_lambda([10, 5], (0.66, 0.9), (0.45, 0.85)) == pytest.approx(0.45 + (2 / 3 - 0.66) * 0.4 / 0.24)
+    # Extrapolation beyond [0, 1] is clipped: λ stays a mixing weight.
+    assert lwf_lambda([10, 80], (0.0, 0.1), (0.0, 1.0)) == 1.0
+    assert lwf_lambda([1, 100], (0.5, 0.9), (0.45, 0.85)) == 0.0
+
+
+def test_before_batch_soft_targets_and_lambda():
+    model = Classifier(MLPBody((8,)), num_classes=5)
+    x = jax.random.normal(jax.random.key(0), (7, 4, 1))
+    params = model.init(jax.random.key(1), x[:1])
+    strategy = make_strategy("lwf", ml_collections.ConfigDict({"map_from": (0.0, 1.0), "map_to": (0.0, 1.0)}))
+    state = engine.TrainState(params, (), strategy.init(params))
+    mask = jnp.array([True, True, False, True, False])
+    data = {"x": x, "y": jnp.zeros(7, jnp.int32)}
+    ctx = BatchContext(
+        index=1,
+        classes=(3,),
+        seen_classes=(0, 1, 3),
+        num_classes=5,
+        data=data,
+        num_examples=6,
+        batch_sizes=(30, 10),
+        apply_fn=model.apply,
+        logit_mask=mask,
+        key=jax.random.key(2),
+    )
+    new_state, new_data = strategy.before_batch(state, ctx)
+    lam = new_state.strategy_state["lambda"]
+    assert lam.dtype == jnp.float32 and lam.shape == () and not lam.weak_type
+    assert float(lam) == pytest.approx(1 - 10 / 40)
+    targets = new_data[SOFT_TARGETS]
+    assert targets.shape == (7, 5)
+    logits = np.asarray(model.apply(params, x), np.float64)[:, [0, 1, 3]]
+    expected = np.exp(logits - logits.max(1, keepdims=True))
+    expected /= expected.sum(1, keepdims=True)
+    np.testing.assert_allclose(targets[:, [0, 1, 3]], expected, rtol=1e-5)
+    assert np.all(np.asarray(targets[:, [2, 4]]) == 0.0)  # classes off the head get exactly nothing
+    # B_1: λ_1 = 0 (eq. 5), same data keys and shapes.
+    first_state, first_data = strategy.before_batch(
+        state, ctx.__class__(**{**ctx.__dict__, "index": 0, "batch_sizes": (30,)})
+    )
+    assert float(first_state.strategy_state["lambda"]) == 0.0
+    assert first_data.keys() == new_data.keys() and first_data[SOFT_TARGETS].shape == (7, 5)
+
+
+def test_loss_is_finite_with_masked_logits():
+    logits = engine.mask_logits(jnp.array([[1.0, 2.0, 0.5]]), jnp.array([True, False, True]))
+    soft = jax.nn.softmax(logits)
+    loss = lwf_loss(logits, {"y": jnp.array([0]), SOFT_TARGETS: soft}, {"lambda": jnp.float32(0.5)})
+    assert np.isfinite(loss).all()
+    grads = jax.grad(lambda o: lwf_loss(o, {"y": jnp.array([0]), SOFT_TARGETS: soft}, {"lambda": 0.5}).sum())(logits)
+    assert np.isfinite(grads).all()
