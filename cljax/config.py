@@ -49,7 +49,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = "mlp"  # mlp | cifarnet
     c.hidden_sizes = (400, 400)  # MLP hidden layers
     # Experiment.
-    c.strategies = "naive,cumulative,lwf,ewc,si,cwr,cwr_plus"  # comma-separated strategy names, run in this order
+    c.strategies = "naive,cumulative,lwf,ewc,si,cwr,cwr_plus,ar1"  # comma-separated strategy names, run in this order
     c.num_runs = 3  # runs with different class orders (run 0: natural order)
     c.seed = 0  # class orders and PRNG keys derive from (seed, run)
     # Training defaults for every strategy (B_1 and B_i>1 as in Tables 4-5).
@@ -90,6 +90,15 @@ def base_config() -> ml_collections.ConfigDict:
     c.cwr = strategy_section(w_first=1.0, w_rest=1.0, init_std=0.01, epochs=20, lr=0.02)
     # CWR+ (Alg. 2): zero init, mean-shift; avg: 'batch' (authors' code) | 'all' (every head weight).
     c.cwr_plus = strategy_section(avg="batch", epochs=20, lr=0.02)
+    # AR1 (Alg. 3): CWR+ head, Θ̄ trained on every batch under SI (eq. 10-11) restricted to Θ̄.
+    c.ar1 = strategy_section(
+        strength=1.0,  # λ
+        max_f=1.0,  # max_F
+        xi=1e-3,  # ξ
+        w_first=1.0,  # w_1
+        w_rest=1.0,  # w_i, i > 1
+        avg="batch",  # mean-shift average, as cwr_plus.avg
+    )
     return c
 
 
@@ -225,6 +234,16 @@ def _validate_architectural(config, names: list[str]) -> None:
     if "cwr" in names:
         for field in ("w_first", "w_rest", "init_std"):
             _positive_float(config.cwr[field], f"cwr.{field}")
-    if "cwr_plus" in names:
-        avg = config.cwr_plus.avg
-        _check(avg in ("batch", "all"), f"cwr_plus.avg={avg!r} is unknown; allowed: batch, all")
+    for name in ("cwr_plus", "ar1"):
+        if name in names:
+            avg = config[name].avg
+            _check(avg in ("batch", "all"), f"{name}.avg={avg!r} is unknown; allowed: batch, all")
+    if "ar1" in names:
+        for field in ("strength", "max_f", "xi"):
+            _positive_float(config.ar1[field], f"ar1.{field}")
+        for field in ("w_first", "w_rest"):
+            value = config.ar1[field]
+            _check(
+                isinstance(value, int | float) and math.isfinite(value) and value >= 0,
+                f"ar1.{field}={value!r} is invalid; it must be a finite number >= 0",
+            )

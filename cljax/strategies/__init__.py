@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from cljax.strategies.ar1 import ar1
 from cljax.strategies.base import BatchContext, Strategy
 from cljax.strategies.cumulative import cumulative
 from cljax.strategies.cwr import cwr
@@ -21,6 +22,7 @@ STRATEGIES: dict[str, Callable[..., Strategy]] = {
     "si": si,
     "cwr": cwr,
     "cwr_plus": cwr_plus,
+    "ar1": ar1,
 }
 
 

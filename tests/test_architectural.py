@@ -1,4 +1,5 @@
-"""CWR and CWR+ (Alg. 1-2): consolidated head, mean-shift, zero init, frozen Θ̄, classes seen again."""
+"""CWR, CWR+ and AR1 (Alg. 1-3): consolidated head, mean-shift, zero init, frozen Θ̄, classes seen
+again, and AR1's SI restricted to the shared weights."""
 
 from __future__ import annotations
 
@@ -9,15 +10,19 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
-from cljax.config import ConfigError, base_config, strategy_hparams, validate
+from cljax import transforms
+from cljax.config import TRAINING_FIELDS, ConfigError, base_config, strategy_hparams, validate
 from cljax.engine import TrainState
 from cljax.experiment import Trainer
 from cljax.scenarios import IncrementalBatch, Scenario, build_scenario, load_dataset
 from cljax.strategies import BatchContext, make_strategy
 from cljax.strategies import head as head_lib
 from cljax.strategies.cwr_plus import mean_shift
+
+ARCHITECTURAL = ("cwr", "cwr_plus", "ar1")
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +37,8 @@ def tiny_config(strategy: str, **overrides) -> ml_collections.ConfigDict:
     config.num_runs = 1
     config.epochs_first = 2
     config.epochs = 2
+    for field in TRAINING_FIELDS:  # the top-level training fields below apply to the strategy too
+        config[strategy][field] = None
     for field, value in overrides.items():
         config[field] = value
     return config
@@ -75,28 +82,33 @@ def shared_config(strategy: str) -> ml_collections.ConfigDict:
     # Momentum would keep moving Θ̄ under a gradient-zeroing mask; w_1 != w_i shows the scaling.
     config = tiny_config(strategy, momentum=0.9)
     config.cwr.w_first, config.cwr.w_rest = 1.25, 0.5
+    config.ar1.update(strength=100.0, max_f=0.2, w_first=0.5, w_rest=2.0)
     return config
 
 
 @pytest.fixture(scope="module")
 def trainers(digits):
     """One trainer per strategy, shared by the tests below (its fits compile once for all of them)."""
-    return {name: Trainer.build(shared_config(name), name, digits) for name in ("cwr", "cwr_plus")}
+    return {name: Trainer.build(shared_config(name), name, digits) for name in ARCHITECTURAL}
 
 
 def run_shared(trainers, digits, strategy, scenario=None):
     return run_logged(shared_config(strategy), digits, scenario, trainers[strategy])
 
 
+def consolidated_head(state: TrainState) -> head_lib.HeadState:
+    return state.strategy_state.head if hasattr(state.strategy_state, "importance") else state.strategy_state
+
+
 def np_tree(tree):
     return jax.tree.map(np.asarray, tree)
 
 
-@pytest.mark.parametrize("strategy", ["cwr", "cwr_plus"])
+@pytest.mark.parametrize("strategy", ARCHITECTURAL)
 def test_never_seen_classes_stay_exactly_zero(trainers, digits, strategy):
     _, log, scenario, _ = run_shared(trainers, digits, strategy)
     for i, state in enumerate(states(log, "consolidated")):
-        cw = np_tree(state.strategy_state.cw)
+        cw = np_tree(consolidated_head(state).cw)
         unseen = sorted(set(range(10)) - set(scenario.seen_classes(i)))
         assert len(unseen) == 10 - 2 * (i + 1)
         assert np.all(cw["kernel"][:, unseen] == 0) and np.all(cw["bias"][unseen] == 0)
@@ -104,14 +116,16 @@ def test_never_seen_classes_stay_exactly_zero(trainers, digits, strategy):
         assert np.all(np.any(cw["kernel"][:, scenario.seen_classes(i)] != 0, axis=0))
 
 
-def test_cwr_plus_consolidated_rows_have_zero_mean(trainers, digits):
-    _, log, scenario, _ = run_shared(trainers, digits, "cwr_plus")
+@pytest.mark.parametrize("strategy", ["cwr_plus", "ar1"])
+def test_mean_shift_consolidated_rows_have_zero_mean(trainers, digits, strategy):
+    _, log, scenario, _ = run_shared(trainers, digits, strategy)
     for i, state in enumerate(states(log, "consolidated")):
-        kernel = np.asarray(state.strategy_state.cw["kernel"])
+        cw = consolidated_head(state).cw
+        kernel = np.asarray(cw["kernel"])
         batch_weights = kernel[:, list(scenario.batches[i].classes)]
         assert np.abs(batch_weights).max() > 1e-3  # trained, not trivially zero
         np.testing.assert_allclose(batch_weights.mean(), 0.0, atol=1e-7)
-        assert np.all(np.asarray(state.strategy_state.cw["bias"]) == 0)
+        assert np.all(np.asarray(cw["bias"]) == 0)
 
 
 def test_mean_shift_matches_numpy_for_both_averages():
@@ -141,13 +155,13 @@ def test_shared_weights_bitwise_frozen_after_first_batch(trainers, digits, strat
         assert not np.array_equal(state.params["params"]["head"]["kernel"], reset.params["params"]["head"]["kernel"])
 
 
-@pytest.mark.parametrize("strategy", ["cwr", "cwr_plus"])
+@pytest.mark.parametrize("strategy", ARCHITECTURAL)
 def test_one_compilation_per_fit_and_consolidation_keeps_shapes_and_dtypes(trainers, digits, strategy):
     trainer, log, _, _ = run_shared(trainers, digits, strategy)
     consolidations = head_lib.consolidate._cache_size()
     run_shared(trainers, digits, strategy, build_scenario(shared_config(strategy), 1, digits))  # another order
-    assert trainer.fit._cache_size() == 1  # B_1 (body and head)
-    assert trainer.head_fit._cache_size() == 1  # every B_i>1 (head on cached features)
+    assert trainer.fit._cache_size() == 1  # CWR, CWR+: B_1 (body and head); AR1: every batch
+    assert trainer.head_fit._cache_size() == (0 if strategy == "ar1" else 1)  # CWR, CWR+: B_i>1
     assert head_lib.consolidate._cache_size() == consolidations
     first = states(log, "reset")[0]
     for state in states(log, "consolidated") + states(log, "reset"):
@@ -268,14 +282,14 @@ def repeating_scenario(dataset) -> Scenario:
     return Scenario("digits-ni", (b1, b2), dataset.test_x, dataset.test_y, 10, tuple(range(10)))
 
 
-@pytest.mark.parametrize("strategy", ["cwr", "cwr_plus"])
+@pytest.mark.parametrize("strategy", ARCHITECTURAL)
 def test_class_seen_again_keeps_its_past_weights(trainers, digits, strategy):
     _, log, _, _ = run_shared(trainers, digits, strategy, repeating_scenario(digits))
-    cw1 = np.asarray(states(log, "consolidated")[0].strategy_state.cw["kernel"])
+    cw1 = np.asarray(consolidated_head(states(log, "consolidated")[0]).cw["kernel"])
     reset2 = np.asarray(states(log, "reset")[1].params["params"]["head"]["kernel"])
     tw2 = np.asarray(states(log, "trained")[1].params["params"]["head"]["kernel"])
-    done = states(log, "consolidated")[1].strategy_state
-    if strategy == "cwr_plus":  # the authors' CWR*: a class seen again starts from its cw
+    done = consolidated_head(states(log, "consolidated")[1])
+    if strategy != "cwr":  # the authors' CWR*/AR1*: a class seen again starts from its cw
         np.testing.assert_array_equal(reset2[:, 1], cw1[:, 1])
         np.testing.assert_array_equal(np.delete(reset2, 1, axis=1), 0)
         new = tw2[:, [1, 2]] - tw2[:, [1, 2]].mean()
@@ -304,11 +318,14 @@ def test_expanding_head_option(digits):
         ("cwr_plus.avg", "median", "cwr_plus.avg='median' is unknown; allowed: batch, all"),
         ("cwr.init_std", -0.1, "cwr.init_std=-0.1 is invalid"),
         ("cwr.w_rest", 0.0, "cwr.w_rest=0.0 is invalid"),
+        ("ar1.avg", "max", "ar1.avg='max' is unknown; allowed: batch, all"),
+        ("ar1.strength", 0.0, "ar1.strength=0.0 is invalid"),
+        ("ar1.w_first", -1.0, "ar1.w_first=-1.0 is invalid"),
     ],
 )
 def test_bad_hyperparameters_are_named(field, value, message):
     config = base_config()
-    config.strategies = "cwr,cwr_plus"
+    config.strategies = "cwr,cwr_plus,ar1"
     section, name = field.split(".")
     config[section][name] = value
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
@@ -319,3 +336,52 @@ def test_hparams_reach_the_strategy():
     config = base_config()
     assert strategy_hparams(config, "cwr").init_std == 0.01
     assert strategy_hparams(config, "cwr_plus").avg == "batch"
+
+
+def test_ar1_importance_anchor_and_penalty_never_touch_the_head(trainers, digits):
+    _, log, _, _ = run_shared(trainers, digits, "ar1")
+    final = states(log, "consolidated")[-1]
+    anchor = transforms.anchor_state(final.opt_state)
+    path = transforms.si_path_state(final.opt_state)
+    for tree in (anchor.anchor, anchor.importance, path.path, path.start, final.strategy_state.importance):
+        assert jax.tree.leaves(tree["params"]["head"]) == []  # optax.MaskedNode only
+        assert len(jax.tree.leaves(tree["params"]["body"])) == 2  # fc1 kernel and bias
+    assert np.any(np.asarray(anchor.importance["params"]["body"]["fc1"]["kernel"]) > 0)
+    reported = trainers["ar1"].strategy.importance(final)
+    assert set(reported) == {"F", "F_hat", "max_f"} and reported["max_f"] == 0.2
+    for tree in (reported["F"], reported["F_hat"]):
+        assert "head" not in tree["params"] and jax.tree.leaves(tree)
+
+    # One update with a strong pull toward a far anchor: the body feels it, the head does not.
+    tx = trainers["ar1"].strategy.transform(optax.sgd(0.1))
+    params = final.params
+    opt_state = transforms.replace_anchor_state(
+        tx.init(params),
+        anchor=jax.tree.map(lambda p: p + 1.0, params),
+        importance=jax.tree.map(jnp.ones_like, params),
+    )
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 0.5), params)
+    updates, new_state = tx.update(grads, opt_state, params, task_grads=grads)
+    np.testing.assert_allclose(updates["params"]["head"]["kernel"], -0.05, rtol=1e-6)  # -η·g, no penalty
+    np.testing.assert_array_equal(updates["params"]["head"]["bias"], 0)  # bias held at zero
+    # body: -η·(g + λ·F̂·(θ − Θ*)) = -0.1·(0.5 + 100·1·(−1)) = 9.95
+    np.testing.assert_allclose(updates["params"]["body"]["fc1"]["kernel"], 9.95, rtol=1e-5)
+    assert jax.tree.leaves(transforms.si_path_state(new_state).path["params"]["head"]) == []
+
+
+def test_ar1_trains_shared_weights_and_updates_importance_by_eq_10_11(trainers, digits):
+    _, log, _, _ = run_shared(trainers, digits, "ar1")  # λ = 100, max_F = 0.2, ξ = 1e-3, w_1 = 0.5, w_i = 2
+    resets, trained, done = states(log, "reset"), states(log, "trained"), states(log, "consolidated")
+    body = lambda tree: np.asarray(tree["params"]["body"]["fc1"]["kernel"], np.float64)  # noqa: E731
+    importance = np.zeros_like(body(resets[0].params))
+    for i in range(len(done)):
+        assert not np.array_equal(body(resets[i].params), body(trained[i].params))  # Θ̄ learns on every batch
+        path = body(transforms.si_path_state(trained[i].opt_state).path)
+        move = body(trained[i].params) - body(resets[i].params)
+        batch_importance = np.maximum(path / (move**2 + 1e-3), 0)  # eq. 10
+        importance = importance + (0.5 if i == 0 else 2.0) * batch_importance  # eq. 11
+        np.testing.assert_allclose(body(done[i].strategy_state.importance), importance, rtol=1e-4, atol=1e-9)
+        anchor = transforms.anchor_state(done[i].opt_state)
+        np.testing.assert_allclose(body(anchor.importance), np.minimum(importance, 0.2), rtol=1e-4, atol=1e-9)
+        np.testing.assert_array_equal(body(anchor.anchor), body(trained[i].params))  # Θ* = Θ̄
+    assert np.mean(importance >= 0.2) > 0  # the clip is exercised
