@@ -92,12 +92,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.cwr_plus = strategy_section(avg="batch", epochs=20, lr=0.02)
     # AR1 (Alg. 3): CWR+ head, Θ̄ trained on every batch under SI (eq. 10-11) restricted to Θ̄.
     c.ar1 = strategy_section(
-        strength=1.0,  # λ
-        max_f=1.0,  # max_F
+        strength=100.0,  # λ (0: no SI, Θ̄ trained freely)
+        max_f=0.5,  # max_F (η·λ·max_F = 1 at lr 0.02)
         xi=1e-3,  # ξ
         w_first=1.0,  # w_1
         w_rest=1.0,  # w_i, i > 1
         avg="batch",  # mean-shift average, as cwr_plus.avg
+        epochs=20,  # B_i>1, as CWR+
+        lr=0.02,
     )
     return c
 
@@ -239,9 +241,9 @@ def _validate_architectural(config, names: list[str]) -> None:
             avg = config[name].avg
             _check(avg in ("batch", "all"), f"{name}.avg={avg!r} is unknown; allowed: batch, all")
     if "ar1" in names:
-        for field in ("strength", "max_f", "xi"):
+        for field in ("max_f", "xi"):
             _positive_float(config.ar1[field], f"ar1.{field}")
-        for field in ("w_first", "w_rest"):
+        for field in ("strength", "w_first", "w_rest"):  # strength 0: the ablation "Θ̄ trained freely"
             value = config.ar1[field]
             _check(
                 isinstance(value, int | float) and math.isfinite(value) and value >= 0,
