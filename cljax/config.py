@@ -39,12 +39,19 @@ def strategy_section(**hparams) -> ml_collections.ConfigDict:
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     # Data and scenario.
-    c.dataset = "digits"  # digits | fashion_mnist
+    # digits | fashion_mnist | cifar10 | cifar100 (split by classes_per_batch) |
+    # core50 | icifar100 | cifar_split (benchmarks: their protocol fixes the batches)
+    c.dataset = "digits"
     c.data_dir = ""  # dataset directory; "" = the dataset's default location
     c.setting = "sit"  # sit: one head, no task labels | mt: one head per batch + task oracle
-    c.classes_per_batch = 2  # classes in each batch B_i, i > 1
-    c.first_batch_classes = 0  # classes in B_1; 0 = classes_per_batch (CORe50 NC: 10)
-    c.num_batches = 0  # keep only the first N batches; 0 = all
+    c.classes_per_batch = 2  # classes in each batch B_i, i > 1 (plain datasets)
+    c.first_batch_classes = 0  # classes in B_1; 0 = classes_per_batch (plain datasets)
+    c.num_batches = 0  # keep only the first N batches; 0 = all (cifar_split: the first N tasks)
+    # CORe50 only (dataset=core50); run r of num_runs is the official run r.
+    c.scenario = "nc"  # nc (9 batches) | ni (8) | nic (79): the official CORe50 protocols
+    c.labels = "object"  # object (50 classes) | category (10)
+    c.image_size = 0  # resize images to image_size x image_size on load (e.g. 32, 64); 0 = native 128
+    c.test_set = "full"  # full (sessions 3, 7, 10) | reduced (the official every-20th-frame list)
     # Model.
     c.model = "mlp"  # mlp | cifarnet
     c.hidden_sizes = (400, 400)  # MLP hidden layers
@@ -64,7 +71,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_batch_size = 1000  # test examples per evaluation chunk
     # Strategies (one section each).
     c.naive = strategy_section()
-    c.cumulative = strategy_section(epochs=10)
+    c.cumulative = strategy_section(epochs_first=10, epochs=10, from_scratch=True)  # retrain from the initial weights
     # LwF (sec. 2.1): λ_i = map(1 − n_i / Σ_{j≤i} n_j) (eq. 5), map = the linear map map_from -> map_to.
     c.lwf = strategy_section(
         map_from=(0.66, 0.9),  # interval of 1 − n_i/Σn_j mapped ... (Table 4)
@@ -142,13 +149,34 @@ def _positive_float(value, field: str) -> None:
     )
 
 
+def _validate_core50_fields(config, core50) -> None:
+    allowed = {"scenario": core50.SCENARIOS, "labels": core50.LABELS, "test_set": core50.TEST_SETS}
+    for field, values in allowed.items():
+        _check(config[field] in values, f"{field}={config[field]!r} is unknown; allowed: {', '.join(values)}")
+    _check(
+        isinstance(config.image_size, int) and not isinstance(config.image_size, bool) and config.image_size >= 0,
+        f"image_size={config.image_size!r} is invalid; it must be an integer >= 0 (0 = native size)",
+    )
+    if config.dataset != "core50":
+        for field, default in (("scenario", "nc"), ("labels", "object"), ("image_size", 0), ("test_set", "full")):
+            _check(
+                config[field] == default,
+                f"{field}={config[field]!r} applies to dataset=core50 only; dataset={config.dataset!r} "
+                f"needs the default {default!r}",
+            )
+
+
 def validate(config) -> None:
     """Raises ConfigError on the first bad field, before any data is read or anything trained."""
     from cljax.models import MODELS
-    from cljax.scenarios import DATASETS
+    from cljax.scenarios import core50, dataset_names
     from cljax.strategies import STRATEGIES
 
-    _check(config.dataset in DATASETS, f"dataset={config.dataset!r} is unknown; allowed: {', '.join(sorted(DATASETS))}")
+    _check(
+        config.dataset in dataset_names(),
+        f"dataset={config.dataset!r} is unknown; allowed: {', '.join(dataset_names())}",
+    )
+    _validate_core50_fields(config, core50)
     _check(config.model in MODELS, f"model={config.model!r} is unknown; allowed: {', '.join(sorted(MODELS))}")
     _check(config.setting in SETTINGS, f"setting={config.setting!r} is unknown; allowed: {', '.join(SETTINGS)}")
     names = strategy_names(config)

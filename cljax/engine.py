@@ -23,6 +23,9 @@ import optax
 Params = Any
 LossFn = Callable[[jax.Array, dict[str, jax.Array], Any], jax.Array]
 
+# A fit calls its ``progress`` callback about this many times (plus once at the end).
+PROGRESS_UPDATES = 4
+
 # Masked logits get this value: exp() underflows to exactly 0 in float32, and,
 # unlike -inf, 0 * MASKED_LOGIT stays finite in soft-target cross-entropies.
 MASKED_LOGIT = -1e9
@@ -82,12 +85,15 @@ def make_fit(
     tx: optax.GradientTransformation,
     loss_fn: LossFn,
     batch_size: int,
+    progress: Callable[[jax.Array, jax.Array], None] | None = None,
 ) -> Callable[..., tuple[TrainState, FitMetrics]]:
     """Builds ``fit(state, data, num_examples, epochs, logit_mask, key)``, jit-compiled.
 
     ``data`` is a dict of arrays sharing a padded leading axis (``x``, ``y`` and
     whatever per-example arrays the strategy's loss reads, e.g. LwF soft
-    targets); only the first ``num_examples`` rows are real. Each epoch draws a
+    targets); only the first ``num_examples`` rows are real. ``logit_mask`` is
+    the training head: [C] bool for every example, or a [K, C] table of heads
+    (multi-task) with ``data["mask_index"]`` giving each example's row. Each epoch draws a
     permutation of the real rows from ``key``; the last mini-batch of an epoch
     may be partial, its missing rows weighted zero. A step whose loss or
     gradient is not finite is not applied and ends the fit (divergence guard).
@@ -95,13 +101,30 @@ def make_fit(
     The epoch and step loops are ``lax.while_loop``s (``fori_loop`` with traced
     bounds): a ``lax.scan`` needs a static length, which would make every batch
     run as many steps as the largest one (Cumulative's last batch).
+
+    ``progress(steps_done, total_steps)`` (None = off) is called from inside the
+    compiled loop through ``jax.debug.callback``, every ceil(total / PROGRESS_UPDATES)
+    steps and after the last one: a progress display with no per-step host round
+    trip, the same compiled program for every batch, and no effect on the results.
     """
     tx = optax.with_extra_args_support(tx)
+
+    def report_progress(done: jax.Array, total: jax.Array) -> None:
+        if progress is None:
+            return
+        interval = jnp.maximum((total + PROGRESS_UPDATES - 1) // PROGRESS_UPDATES, 1)
+        jax.lax.cond(
+            (done % interval == 0) | (done == total),
+            lambda: jax.debug.callback(progress, done, total),
+            lambda: None,
+        )
 
     def train_step(state: TrainState, mini: dict[str, jax.Array], weights_B, logit_mask, key):
         def objective(params):
             logits = apply_fn(params, mini["x"], train=True, rngs={"dropout": key})
-            per_example = loss_fn(mask_logits(logits, logit_mask), mini, state.strategy_state)
+            # A [K, C] mask is a table of heads, one row per example via data["mask_index"] (MT).
+            mask = logit_mask[mini["mask_index"]] if logit_mask.ndim == 2 else logit_mask
+            per_example = loss_fn(mask_logits(logits, mask), mini, state.strategy_state)
             return jnp.sum(per_example * weights_B) / jnp.maximum(jnp.sum(weights_B), 1.0)
 
         loss, grads = jax.value_and_grad(objective)(state.params)
@@ -136,6 +159,7 @@ def make_fit(
                 weights = (start + positions < num_examples).astype(jnp.float32)
                 mini = jax.tree.map(lambda a: a[idx], data)
                 state, loss, finite = train_step(state, mini, weights, logit_mask, jax.random.fold_in(epoch_key, s))
+                report_progress(epoch * steps_per_epoch + s + 1, epochs * steps_per_epoch)
                 bad = jnp.where((bad < 0) & ~finite, steps, bad)
                 return s + 1, state, loss_sum + jnp.where(finite, loss, 0.0), steps + finite, bad
 

@@ -8,9 +8,7 @@ exactly, resumed, or later vmapped.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,41 +19,30 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from cljax import engine, metrics
+from cljax import diagnostics, engine, metrics, monitor
 from cljax.config import ConfigError, strategy_hparams, strategy_names, validate
+from cljax.files import write_json_atomic  # noqa: F401  (re-exported: the results writer)
 from cljax.models import HEAD, build_model
-from cljax.scenarios import Dataset, Scenario, build_scenario, load_dataset
+from cljax.scenarios import DataError, Dataset, Scenario, build_scenario, load_dataset, nc_capacity
 from cljax.strategies import BatchContext, Strategy, make_strategy
 
 
-def write_json_atomic(path: str, payload: Any) -> None:
-    """Temporary file in the same directory, fsync, rename: never a truncated file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def data_capacity(dataset: Dataset, config, cumulative: bool) -> int:
-    """Rows to pad every batch to: the largest training set any run's order can produce.
+    """Rows to pad every batch to: the largest training set any run can produce.
 
-    A batch of k classes has at most the k largest class counts' examples; the
-    cumulative set after the last batch holds every batch's classes.
+    Benchmarks with official batches (``dataset.protocol``: CORe50, CIFAR splits)
+    report it themselves (the largest batch, or cumulative set, over their runs).
     """
-    counts = np.sort(np.bincount(dataset.train_y, minlength=dataset.num_classes))[::-1]
-    first = config.first_batch_classes or config.classes_per_batch
-    num_batches = config.num_batches or 1 + (dataset.num_classes - first) // config.classes_per_batch
-    k = first + (num_batches - 1) * config.classes_per_batch if cumulative else max(first, config.classes_per_batch)
-    return int(counts[:k].sum())
+    if dataset.protocol is not None:
+        return dataset.protocol.capacity(cumulative)
+    return nc_capacity(
+        dataset.train_y,
+        dataset.num_classes,
+        config.classes_per_batch,
+        config.first_batch_classes,
+        config.num_batches,
+        cumulative,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,14 +64,20 @@ class Heads:
 
     def eval_masks(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """(mask_table [K, C], mask_index [num_test]) for ``engine.predict``."""
-        c, n = self.scenario.num_classes, len(self.scenario.test_y)
         if self.kind != "multi":
-            return self.train_mask(i)[None], np.zeros(n, np.int32)
-        # Task oracle: each test example is classified among its own task's classes;
-        # classes outside the stream (num_batches) fall back to the whole head.
-        table = np.stack([self.train_mask(t) for t in range(self.scenario.num_batches)] + [np.ones(c, bool)])
-        task = self.scenario.class_to_task()[self.scenario.test_y]
-        return table, np.where(task < 0, self.scenario.num_batches, task).astype(np.int32)
+            return self.train_mask(i)[None], np.zeros(len(self.scenario.test_y), np.int32)
+        return self.task_table(), self.task_index(self.scenario.test_y)
+
+    def task_table(self) -> np.ndarray:
+        """[T + 1, C]: row t = task t's classes; the last row (all classes) serves classes
+        outside the stream (num_batches)."""
+        rows = [self.train_mask(t) for t in range(self.scenario.num_batches)]
+        return np.stack(rows + [np.ones(self.scenario.num_classes, bool)])
+
+    def task_index(self, labels: np.ndarray) -> np.ndarray:
+        """Task oracle: the row of ``task_table`` each example is classified with."""
+        task = self.scenario.class_to_task()[labels]
+        return np.where(task < 0, self.scenario.num_batches, task).astype(np.int32)
 
 
 def apply_head(params, features_BxD: jax.Array, train: bool = False, rngs=None) -> jax.Array:
@@ -112,28 +105,32 @@ class Trainer:
     tx: Any
     fit: Callable
     capacity: int
+    progress: monitor.ProgressDisplay | None = None  # steps done / total during each fit
     head_fit: Callable | None = None  # head-only fit for batches with ``strategy.trains_body(i)`` False
 
     @classmethod
-    def build(cls, config, name: str, dataset: Dataset) -> Trainer:
+    def build(cls, config, name: str, dataset: Dataset, progress: monitor.ProgressDisplay | None = None) -> Trainer:
         hp = strategy_hparams(config, name)
         strategy = make_strategy(name, hp)
         model = build_model(config, dataset.num_classes)
         tx = strategy.transform(engine.make_optimizer(hp.optimizer, hp.momentum))
-        fit = engine.make_fit(model.apply, tx, strategy.loss, hp.batch_size)
-        head_fit = engine.make_fit(apply_head, tx, strategy.loss, hp.batch_size)
+        on_steps = progress.update if progress is not None else None
+        fit = engine.make_fit(model.apply, tx, strategy.loss, hp.batch_size, progress=on_steps)
+        head_fit = engine.make_fit(apply_head, tx, strategy.loss, hp.batch_size, progress=on_steps)
         capacity = data_capacity(dataset, config, strategy.cumulative_data)
-        return cls(name, config, hp, strategy, model, tx, fit, capacity, head_fit)
+        return cls(name, config, hp, strategy, model, tx, fit, capacity, progress=progress, head_fit=head_fit)
 
     def init_state(self, key: jax.Array, input_shape) -> engine.TrainState:
         params = self.model.init({"params": key}, jnp.zeros((1,) + tuple(input_shape), jnp.float32))
         return engine.TrainState(params, self.tx.init(params), self.strategy.init(params))
 
-    def training_arrays(self, scenario: Scenario, i: int) -> tuple[dict[str, jax.Array], int]:
+    def training_arrays(self, scenario: Scenario, i: int, heads: Heads) -> tuple[dict[str, jax.Array], int]:
         batches = scenario.batches[: i + 1] if self.strategy.cumulative_data else scenario.batches[i : i + 1]
         x = np.concatenate([b.x for b in batches])
         y = np.concatenate([b.y for b in batches])
         data = {"x": engine.pad_to(x, self.capacity), "y": engine.pad_to(y, self.capacity)}
+        if heads.kind == "multi":  # each example trains its own task's head (Cumulative mixes tasks)
+            data["mask_index"] = engine.pad_to(heads.task_index(y), self.capacity)
         return jax.device_put(data), len(y)
 
     def fit_batch(self, state: engine.TrainState, data, num_examples, epochs, logit_mask, key, index: int):
@@ -185,9 +182,12 @@ class Trainer:
         }
         for i, batch in enumerate(scenario.batches):
             first = i == 0
+            params_before = self.strategy.eval_params(state)  # diagnostics: weight change over B_i
             before_key, fit_key, after_key = jax.random.split(jax.random.fold_in(key, i), 3)
-            data, num_examples = self.training_arrays(scenario, i)
+            data, num_examples = self.training_arrays(scenario, i, heads)
             logit_mask = jnp.asarray(heads.train_mask(i))
+            # MT: per-example task heads (a table indexed by data["mask_index"]); SIT: one mask.
+            fit_mask = jnp.asarray(heads.task_table()) if heads.kind == "multi" else logit_mask
             ctx = BatchContext(
                 index=i,
                 classes=batch.classes,
@@ -201,11 +201,15 @@ class Trainer:
                 key=before_key,
             )
             start = time.perf_counter()
+            if self.strategy.restart_each_batch:  # e.g. Cumulative: retrain from the initial weights
+                state = self.init_state(init_key, scenario.input_shape)._replace(strategy_state=state.strategy_state)
             lr = self.hp.lr_first if first else self.hp.lr
             state = state._replace(opt_state=engine.set_learning_rate(state.opt_state, lr))
             state, data = self.strategy.before_batch(state, ctx)
             epochs = self.hp.epochs_first if first else self.hp.epochs
-            state, fit_metrics = self.fit_batch(state, data, num_examples, epochs, logit_mask, fit_key, i)
+            if self.progress is not None:
+                self.progress.begin(f"{self.name:<11} run {run} batch {i + 1}/{scenario.num_batches}")
+            state, fit_metrics = self.fit_batch(state, data, num_examples, epochs, fit_mask, fit_key, i)
             bad_step = int(fit_metrics.nonfinite_step)
             if bad_step >= 0:
                 record["diverged"] = {"batch": i, "step": bad_step}
@@ -235,6 +239,8 @@ class Trainer:
             record["train_seconds"].append(seconds)
             record["loss"].append(float(fit_metrics.loss))
             record["confusion_matrices"].append(cm.tolist())
+            # Section 5 diagnostics (weight change, importance histograms) into record["diagnostics"].
+            diagnostics.record_batch(record, params_before, state, self.strategy)
             if on_batch is not None:
                 on_batch(
                     {
@@ -244,6 +250,7 @@ class Trainer:
                         "num_batches": scenario.num_batches,
                         "accuracy": record["accuracy"][-1],
                         "seen_accuracy": record["seen_accuracy"][-1],
+                        "loss": record["loss"][-1],
                         "seconds": seconds,
                     }
                 )
@@ -274,28 +281,47 @@ def comparison_table(results: dict) -> str:
 def prepare(config) -> tuple[Dataset, list[str]]:
     """Validates the config and reads the data; raises ConfigError/DataError before any training."""
     validate(config)
-    dataset = load_dataset(config.dataset, config.data_dir)
+    dataset = load_dataset(config.dataset, config.data_dir, config)
     try:
         build_scenario(config, 0, dataset)  # checks the class split against the dataset
+    except (ConfigError, DataError):
+        raise
     except ValueError as e:
         raise ConfigError(f"classes_per_batch/first_batch_classes/num_batches: {e}") from None
     return dataset, strategy_names(config)
 
 
-def run_experiment(config, workdir: str, log: Callable[[dict], None] = print_progress) -> dict:
-    """Runs every strategy and run of ``config``; writes ``<workdir>/results.json`` after each run."""
+def run_experiment(
+    config, workdir: str, log: Callable[[dict], None] = print_progress, show_progress: bool = True
+) -> dict:
+    """Runs every strategy and run of ``config``; writes ``<workdir>/results.json`` (and the per-batch
+    diagnostics beside it) after each run, TensorBoard scalars after each batch when ``tensorboard``
+    is installed, and ``<workdir>/report/`` at the end (``cljax.report``)."""
+    from cljax import report  # matplotlib: imported only when a job runs
+
     dataset, names = prepare(config)
     results: dict[str, Any] = {"config": config.to_dict(), "strategies": {}}
-    path = os.path.join(workdir, "results.json")
+    progress = monitor.ProgressDisplay() if show_progress else None
+    scalars = monitor.tensorboard_writer(os.path.join(workdir, "tensorboard"))
+
+    def on_batch(event: dict) -> None:
+        log(event)
+        if scalars is not None:
+            values = {k: event[k] for k in ("accuracy", "seen_accuracy", "loss", "seconds")}
+            scalars.scalars(event["strategy"], event["run"], event["batch"] + 1, values)
+
     for name in names:
-        trainer = Trainer.build(config, name, dataset)
+        trainer = Trainer.build(config, name, dataset, progress)
         runs = []
         results["strategies"][name] = {"runs": runs}
         for run in range(config.num_runs):
             scenario = build_scenario(config, run, dataset)
             key = jax.random.fold_in(jax.random.key(config.seed), run)
-            runs.append(trainer.run_stream(scenario, run, key, on_batch=log))
+            runs.append(trainer.run_stream(scenario, run, key, on_batch=on_batch))
             complete = [r for r in runs if r["diverged"] is None]
             results["strategies"][name]["summary"] = metrics.summarize(complete) if complete else None
-            write_json_atomic(path, results)
+            diagnostics.write_results(workdir, results)  # results.json + diagnostics_<strategy>.npz
+    if scalars is not None:
+        scalars.close()  # every batch was flushed already
+    report.write_report(workdir)
     return results

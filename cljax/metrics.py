@@ -51,14 +51,20 @@ def forgetting(r: np.ndarray) -> float:
     return float(np.mean([np.max(r[j : t - 1, j]) - r[-1, j] for j in range(t - 1)]))
 
 
-def summarize(runs: Sequence[dict]) -> dict[str, float]:
-    """Across runs: final accuracy mean/std, average accuracy, forgetting and BWT means."""
-    finals = [run["accuracy"][-1] for run in runs]
+def summarize(runs: Sequence[dict]) -> dict[str, float | list[float]]:
+    """Across runs: mean and std of final accuracy, average accuracy, forgetting and BWT, plus each
+    run's value (``<metric>_per_run``, for the runs listed in ``run_indices``)."""
     r_mats = [np.asarray(run["accuracy_matrix"]) for run in runs]
-    return {
-        "final_accuracy_mean": float(np.mean(finals)),
-        "final_accuracy_std": float(np.std(finals)),
-        "average_accuracy_mean": float(np.mean([average_accuracy(run["accuracy"]) for run in runs])),
-        "forgetting_mean": float(np.mean([forgetting(r) for r in r_mats])),
-        "bwt_mean": float(np.mean([backward_transfer(r) for r in r_mats])),
+    per_run = {
+        "final_accuracy": [float(run["accuracy"][-1]) for run in runs],
+        "average_accuracy": [average_accuracy(run["accuracy"]) for run in runs],
+        "forgetting": [forgetting(r) for r in r_mats],
+        "bwt": [backward_transfer(r) for r in r_mats],
     }
+    summary: dict[str, float | list[float]] = {"run_indices": [int(run.get("run", k)) for k, run in enumerate(runs)]}
+    for name, values in per_run.items():
+        summary[f"{name}_mean"] = float(np.mean(values))
+        summary[f"{name}_std"] = float(np.std(values))
+    for name, values in per_run.items():
+        summary[f"{name}_per_run"] = values
+    return summary

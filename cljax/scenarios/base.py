@@ -8,12 +8,17 @@ the *expanding* test set is the part whose labels were seen so far (Fig. 8
 left). Labels keep the dataset's own class ids; the class order only decides
 which batch a class belongs to, so one head of ``num_classes`` outputs serves
 every run (the paper's *maximal* head, App. A).
+
+Benchmarks with official batches (CORe50's run lists, the CIFAR splits) carry a
+``BenchmarkProtocol`` in ``Dataset.protocol`` that builds each run's stream; in
+CORe50 NC the official files re-map labels per run in order of appearance.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -22,9 +27,28 @@ class DataError(ValueError):
     """Missing, corrupt or inconsistent data files (one sentence, names the path)."""
 
 
+class BenchmarkProtocol(Protocol):
+    """A benchmark whose batches are fixed by its own protocol, not by a class split of the
+    config: CORe50's official run lists, the CIFAR-10/100 split. ``build_scenario`` asks it
+    for each run's stream, and the experiment for the padded capacity of a training set."""
+
+    num_runs: int | None  # runs the protocol defines; None = any number (class orders drawn per run)
+
+    def scenario(self, run: int) -> Scenario: ...
+
+    def capacity(self, cumulative: bool) -> int:
+        """Largest training set of any run: a single batch, or (``cumulative``) B_1 ∪ ... ∪ B_T."""
+        ...
+
+
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-    """A labelled train/test split, images as float32 in [0, 1] (or standardised)."""
+    """A labelled train/test split, images as float32 in [0, 1] (or standardised).
+
+    ``protocol`` is set for benchmarks with official batches (CORe50, CIFAR-10/100
+    split); their train/test arrays then hold every image any run uses, with the
+    dataset's own class ids, and each run's labels come from the protocol.
+    """
 
     name: str
     train_x: np.ndarray  # [N, ...] float32
@@ -32,6 +56,7 @@ class Dataset:
     test_x: np.ndarray
     test_y: np.ndarray
     num_classes: int
+    protocol: BenchmarkProtocol | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -44,7 +69,9 @@ class IncrementalBatch:
 
     x: np.ndarray  # [n_i, ...] float32
     y: np.ndarray  # [n_i] int32
-    classes: tuple[int, ...]  # class ids this batch introduces (NC: disjoint across batches)
+    # Class ids present in this batch. NC: disjoint across batches
+    # (the classes it introduces); NI/NIC: a class may appear in several batches.
+    classes: tuple[int, ...]
     task_id: int  # index of the batch; the task of the multi-task (MT) setting
 
 
@@ -57,6 +84,9 @@ class Scenario:
     test_x: np.ndarray
     test_y: np.ndarray
     num_classes: int
+    # The dataset's class ids in the order the stream introduces them. Where a protocol
+    # re-labels per run (CORe50 NC: label l is the l-th object to appear), class_order[l]
+    # is the dataset id (object) behind label l.
     class_order: tuple[int, ...]
 
     @property
@@ -98,6 +128,51 @@ def class_order_for_run(num_classes: int, run: int, seed: int) -> list[int]:
         return list(range(num_classes))
     rng = np.random.default_rng([seed, run])
     return [int(c) for c in rng.permutation(num_classes)]
+
+
+def nc_capacity(
+    train_y: np.ndarray,
+    num_classes: int,
+    classes_per_batch: int,
+    first_batch_classes: int = 0,
+    num_batches: int = 0,
+    cumulative: bool = False,
+) -> int:
+    """Rows to pad every batch to: the largest training set any class order can produce.
+
+    A batch of k classes has at most the k largest class counts' examples; the
+    cumulative set after the last batch holds every batch's classes.
+    """
+    counts = np.sort(np.bincount(train_y, minlength=num_classes))[::-1]
+    first = first_batch_classes or classes_per_batch
+    num_batches = num_batches or 1 + (num_classes - first) // classes_per_batch
+    k = first + (num_batches - 1) * classes_per_batch if cumulative else max(first, classes_per_batch)
+    return int(counts[:k].sum())
+
+
+@dataclasses.dataclass(frozen=True)
+class NCProtocol:
+    """An NC benchmark whose split is fixed by its protocol (iCIFAR-100: 10 x 10 classes;
+    CIFAR-10/100 split: CIFAR-10, then 10 CIFAR-100 classes per batch), with the class
+    order of each run given by ``class_order(run)``."""
+
+    dataset: Dataset  # the same images and labels, without a protocol
+    class_order: Callable[[int], list[int]]
+    classes_per_batch: int
+    first_batch_classes: int = 0
+    num_batches: int = 0
+    num_runs: int | None = None
+
+    def scenario(self, run: int) -> Scenario:
+        return nc_scenario(
+            self.dataset, self.class_order(run), self.classes_per_batch, self.first_batch_classes, self.num_batches
+        )
+
+    def capacity(self, cumulative: bool) -> int:
+        d = self.dataset
+        return nc_capacity(
+            d.train_y, d.num_classes, self.classes_per_batch, self.first_batch_classes, self.num_batches, cumulative
+        )
 
 
 def split_classes(class_order: Sequence[int], classes_per_batch: int, first_batch_classes: int = 0) -> list[list[int]]:

@@ -73,4 +73,5 @@ class Strategy:
     importance: Callable[[TrainState], dict[str, Any]] | None = None
     default_head: str = "maximal"  # App. A: maximal for all but LwF (expanding)
     cumulative_data: bool = False  # train on B_1 ∪ ... ∪ B_i instead of B_i
+    restart_each_batch: bool = False  # start every batch from the run's initial weights and a fresh optimizer
     trains_body: Callable[[int], bool] = lambda index: True  # False: B_index trains the head only

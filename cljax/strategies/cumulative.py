@@ -1,7 +1,10 @@
 """Cumulative: retrain on the union of every batch seen so far (the paper's upper bound, sec. 4.2).
 
-The model keeps training from its current weights, as in the paper's Caffe
-runs; the experiment loop hands it B_1 ∪ ... ∪ B_i.
+"The model is retrained with the patterns from the current batch and all the
+previous batches": by default (``from_scratch=True``) each batch starts again
+from the run's initial weights with a fresh optimizer, which is why Tables 4-5
+give Cumulative one (epochs, η) pair rather than separate B_1 / B_i>1 values.
+``from_scratch=False`` keeps training the current weights on the union instead.
 """
 
 from __future__ import annotations
@@ -10,5 +13,5 @@ from cljax.strategies.base import Strategy
 
 
 def cumulative(hparams=None) -> Strategy:
-    del hparams
-    return Strategy(name="cumulative", cumulative_data=True)
+    from_scratch = True if hparams is None else bool(hparams.get("from_scratch", True))
+    return Strategy(name="cumulative", cumulative_data=True, restart_each_batch=from_scratch)

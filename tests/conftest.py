@@ -1,0 +1,27 @@
+"""Shared fixtures: tiny configs that train in seconds on 2 CPU cores."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+
+from cljax.config import base_config  # noqa: E402
+
+
+@pytest.fixture
+def tiny_config():
+    """Split digits, small MLP, one run: the smallest real experiment."""
+    config = base_config()
+    config.hidden_sizes = (64,)
+    config.num_runs = 1
+    config.epochs_first = 3
+    config.epochs = 3
+    config.lr_first = 0.1
+    config.lr = 0.1
+    return config

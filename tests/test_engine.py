@@ -1,0 +1,145 @@
+"""Engine: heads and logit masks, fit on a separable problem, compile counts, divergence guard."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from cljax import engine
+from cljax.experiment import Heads
+from cljax.models import Classifier, MLPBody
+from cljax.scenarios import Dataset, nc_scenario
+from cljax.strategies.base import Strategy
+
+
+def blobs(num_classes: int = 4, per_class: int = 40, dim: int = 6, seed: int = 0):
+    """Well separated Gaussian blobs: one class per corner of a simplex."""
+    rng = np.random.default_rng(seed)
+    centers = 4.0 * np.eye(num_classes, dim)
+    y = np.repeat(np.arange(num_classes), per_class).astype(np.int32)
+    x = (centers[y] + 0.3 * rng.normal(size=(len(y), dim))).astype(np.float32)
+    return x[:, None, None, :], y
+
+
+def make_trainer_parts(num_classes: int = 4, batch_size: int = 16):
+    model = Classifier(MLPBody((32,)), num_classes)
+    tx = engine.make_optimizer("sgd")
+    fit = engine.make_fit(model.apply, tx, engine.cross_entropy, batch_size)
+    return model, tx, fit
+
+
+def init_state(model, tx, x):
+    params = model.init(jax.random.key(0), jnp.asarray(x[:1]))
+    opt_state = engine.set_learning_rate(tx.init(params), 0.2)
+    return engine.TrainState(params, opt_state, ())
+
+
+def test_expanding_head_equals_smaller_head_softmax():
+    logits = jax.random.normal(jax.random.key(1), (5, 10))
+    seen = np.zeros(10, bool)
+    seen[[2, 5, 7]] = True
+    masked = jax.nn.softmax(engine.mask_logits(logits, jnp.asarray(seen)))
+    small = jax.nn.softmax(logits[:, [2, 5, 7]])
+    chex.assert_trees_all_close(masked[:, [2, 5, 7]], small, rtol=1e-6)
+    assert float(jnp.abs(masked[:, ~seen]).max()) == 0.0
+    # Gradients w.r.t. masked logits are exactly zero.
+    labels = jnp.array([2, 5, 7, 2, 5])
+    grad = jax.grad(
+        lambda z: optax.softmax_cross_entropy_with_integer_labels(
+            engine.mask_logits(z, jnp.asarray(seen)), labels
+        ).sum()
+    )(logits)
+    assert float(jnp.abs(grad[:, ~seen]).max()) == 0.0
+
+
+def test_heads_masks_maximal_expanding_and_multi_task():
+    y = np.repeat(np.arange(6), 2).astype(np.int32)
+    x = np.zeros((12, 1, 1, 1), np.float32)
+    scenario = nc_scenario(Dataset("t", x, y, x, y, 6), [4, 5, 0, 1, 2, 3], classes_per_batch=2)
+    assert Heads("maximal", scenario).train_mask(1).all()
+    np.testing.assert_array_equal(np.flatnonzero(Heads("expanding", scenario).train_mask(1)), [0, 1, 4, 5])
+    multi = Heads("multi", scenario)
+    np.testing.assert_array_equal(np.flatnonzero(multi.train_mask(1)), [0, 1])
+    table, index = multi.eval_masks(2)
+    # Task oracle: each test example is classified among its own batch's classes.
+    for label, row in zip(scenario.test_y, index, strict=True):
+        allowed = np.flatnonzero(table[row])
+        assert label in allowed and len(allowed) == 2
+    table, index = Heads("expanding", scenario).eval_masks(0)
+    assert table.shape == (1, 6) and not index.any()
+
+
+def test_fit_learns_a_separable_problem_and_predict_agrees():
+    x, y = blobs()
+    model, tx, fit = make_trainer_parts()
+    state = init_state(model, tx, x)
+    data = {"x": jnp.asarray(engine.pad_to(x, 200)), "y": jnp.asarray(engine.pad_to(y, 200))}
+    state, metrics = fit(state, data, len(y), 20, jnp.ones(4, bool), jax.random.key(2))
+    assert int(metrics.nonfinite_step) == -1
+    assert int(metrics.steps) == 20 * 10  # 160 examples / 16 per step, 20 epochs
+    preds = engine.predict(
+        model.apply, state.params, jnp.asarray(x), jnp.ones((1, 4), bool), jnp.zeros(len(y), jnp.int32), chunk=64
+    )
+    cm = engine.confusion_matrix(y, np.asarray(preds), 4)
+    assert np.trace(cm) / cm.sum() > 0.95
+    assert cm.sum() == len(y)
+
+
+def test_second_batch_with_same_shapes_compiles_nothing_new():
+    x, y = blobs()
+    model, tx, fit = make_trainer_parts()
+    state = init_state(model, tx, x)
+    cap = 200
+    first = {"x": jnp.asarray(engine.pad_to(x[:80], cap)), "y": jnp.asarray(engine.pad_to(y[:80], cap))}
+    second = {"x": jnp.asarray(engine.pad_to(x[80:], cap)), "y": jnp.asarray(engine.pad_to(y[80:], cap))}
+    state, _ = fit(state, first, 80, 3, jnp.ones(4, bool), jax.random.key(0))
+    assert fit._cache_size() == 1
+    state = state._replace(opt_state=engine.set_learning_rate(state.opt_state, 0.01))
+    mask = np.zeros(4, bool)
+    mask[2:] = True
+    state, _ = fit(state, second, 77, 5, jnp.asarray(mask), jax.random.key(1))
+    assert fit._cache_size() == 1  # other sizes, epochs, learning rate and head: same executable
+
+
+def test_partial_minibatch_padding_rows_do_not_train():
+    """Padding rows carry weight 0: garbage in them changes nothing."""
+    x, y = blobs(per_class=5)
+    model, tx, fit = make_trainer_parts(batch_size=8)
+    state = init_state(model, tx, x)
+    clean = {"x": jnp.asarray(engine.pad_to(x, 40)), "y": jnp.asarray(engine.pad_to(y, 40))}
+    dirty_x = np.array(clean["x"])
+    dirty_x[len(y) :] = 100.0
+    dirty = {"x": jnp.asarray(dirty_x), "y": clean["y"]}
+    a, _ = fit(state, clean, len(y), 2, jnp.ones(4, bool), jax.random.key(3))
+    b, _ = fit(state, dirty, len(y), 2, jnp.ones(4, bool), jax.random.key(3))
+    chex.assert_trees_all_equal(a.params, b.params)
+
+
+def test_divergence_stops_at_the_first_nonfinite_step_and_keeps_last_good_params():
+    x, y = blobs()
+    model, tx, fit = make_trainer_parts()
+    state = init_state(model, tx, x)
+    state = state._replace(opt_state=engine.set_learning_rate(state.opt_state, 1e30))
+    data = {"x": jnp.asarray(engine.pad_to(x, 160)), "y": jnp.asarray(engine.pad_to(y, 160))}
+    new_state, metrics = fit(state, data, len(y), 5, jnp.ones(4, bool), jax.random.key(0))
+    bad = int(metrics.nonfinite_step)
+    assert 0 <= bad < 50 and int(metrics.steps) == bad
+    for leaf in jax.tree.leaves(new_state.params):
+        assert bool(jnp.all(jnp.isfinite(leaf)))
+
+
+def test_confusion_matrix_matches_a_loop():
+    rng = np.random.default_rng(0)
+    labels, preds = rng.integers(0, 5, 300), rng.integers(0, 5, 300)
+    expected = np.zeros((5, 5), int)
+    for t, p in zip(labels, preds, strict=True):
+        expected[t, p] += 1
+    np.testing.assert_array_equal(engine.confusion_matrix(labels, preds, 5), expected)
+
+
+def test_default_strategy_record_is_plain_fine_tuning():
+    s = Strategy(name="x")
+    assert s.default_head == "maximal" and not s.cumulative_data and s.importance is None
