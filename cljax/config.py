@@ -72,41 +72,46 @@ def base_config() -> ml_collections.ConfigDict:
     # Strategies (one section each).
     c.naive = strategy_section()
     c.cumulative = strategy_section(epochs_first=10, epochs=10, from_scratch=True)  # retrain from the initial weights
+    # Regularisation strategies. Values: the sweep on run 0 of split digits (SIT), then frozen
+    # (scripts/sweep_regularization.py; BUILD_NOTES.md "Regularization strategies").
     # LwF (sec. 2.1): λ_i = map(1 − n_i / Σ_{j≤i} n_j) (eq. 5), map = the linear map map_from -> map_to.
     c.lwf = strategy_section(
-        map_from=(0.66, 0.9),  # interval of 1 − n_i/Σn_j mapped ... (Table 4)
-        map_to=(0.45, 0.85),  # ... onto this interval of λ_i
+        map_from=(0.5, 0.8),  # 1 − n_i/Σn_j of 5 equal batches runs 1/2 ... 4/5 (Table 4, CORe50: 0.66 ... 0.9)
+        map_to=(0.6, 0.9),  # ... mapped linearly onto this interval of λ_i (Table 4: 0.45 ... 0.85)
     )
     # EWC (sec. 2.2): penalty (λ/2)·Σ F̂(θ − θ*)², F̂ = clip(F/i, max_F) (eq. 6-8).
     c.ewc = strategy_section(
-        strength=1.0,  # λ
-        max_f=1.0,  # max_F, the clip of F̂
+        strength=2e5,  # λ = 1/(η·max_F) for η = lr below: the largest stable value (eq. 7)
+        max_f=1e-3,  # max_F, the clip of F̂ (Table 4: 0.001)
         fisher="per_example",  # per_example (mean of squared per-pattern gradients) | minibatch (App. A)
         fisher_batch_size=64,  # per_example: patterns per vmap chunk; minibatch: patterns per mini-batch
+        lr=0.005,  # B_i>1 learning rate, lower than B_1's (Table 4 does the same)
     )
     # SI (sec. 2.3): F^i = path / (T² + ξ) (eq. 10), F = F + w_i·F^i, F̂ = clip(F, max_F) (eq. 11).
     c.si = strategy_section(
-        strength=1.0,  # λ
-        max_f=1.0,  # max_F
+        strength=2e5,  # λ = 1/(η·max_F)
+        max_f=1e-3,  # max_F (Tables 4-5: 0.001)
         xi=1e-3,  # ξ
-        w_first=1.0,  # w_1
-        w_rest=1.0,  # w_i, i > 1
+        w_first=1e-4,  # w_1: small, B_1's trajectories start from the initialisation (sec. 2.3)
+        w_rest=1e-3,  # w_i, i > 1
+        lr=0.005,  # B_i>1 learning rate
     )
+    # Architectural strategies. Values: sweeps on split digits (SIT; scripts/sweep_ar1.py;
+    # BUILD_NOTES.md "Architectural strategies"). B_i>1 of CWR/CWR+ train the head alone (cheap).
     # CWR (Alg. 1): tw re-initialised N(0, init_std²) per batch; cw[j] = w_i·tw[j] (w_1 = w_first).
-    # Digits: B_i>1 train the head alone (cheap), so more epochs at a lower rate (sweep: BUILD_NOTES.md).
     c.cwr = strategy_section(w_first=1.0, w_rest=1.0, init_std=0.01, epochs=20, lr=0.02)
     # CWR+ (Alg. 2): zero init, mean-shift; avg: 'batch' (authors' code) | 'all' (every head weight).
     c.cwr_plus = strategy_section(avg="batch", epochs=20, lr=0.02)
     # AR1 (Alg. 3): CWR+ head, Θ̄ trained on every batch under SI (eq. 10-11) restricted to Θ̄.
     c.ar1 = strategy_section(
-        strength=100.0,  # λ (0: no SI, Θ̄ trained freely)
-        max_f=0.5,  # max_F (η·λ·max_F = 1 at lr 0.02)
+        strength=5e4,  # λ = 1/(η·max_F): the largest stable value (eq. 7); 0 = Θ̄ trained freely
+        max_f=1e-3,  # max_F (Tables 4-5: 0.001)
         xi=1e-3,  # ξ
-        w_first=1.0,  # w_1
-        w_rest=1.0,  # w_i, i > 1
+        w_first=2e-3,  # w_1 (Table 4: 0.0015)
+        w_rest=2e-3,  # w_i, i > 1 (Table 4: 0.0015)
         avg="batch",  # mean-shift average, as cwr_plus.avg
         epochs=20,  # B_i>1, as CWR+
-        lr=0.02,
+        lr=0.02,  # B_i>1 learning rate, as CWR+
     )
     return c
 

@@ -1,5 +1,7 @@
 """EWC (sec. 2.2): Fisher = mean of squared per-example gradients; eq. 8 over three batches; the after_batch hook."""
 
+import warnings
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -123,8 +125,6 @@ def test_warns_when_the_penalty_can_overshoot():
                 {**_hparams(strength=200.0, max_f=0.1), "xi": 0.1, "w_first": 1.0, "w_rest": 1.0}
             ),
         )
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         make_strategy("ewc", _hparams(strength=10.0, max_f=0.1))  # η·λ·max_F = 0.1

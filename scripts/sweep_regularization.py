@@ -1,0 +1,150 @@
+"""Strength sweep for LwF, EWC and SI, tuned on run 0 as the paper did (App. C-D), then frozen.
+
+For each strategy, every point of its grid trains run 0 of the stream (natural class
+order) and records the final accuracy; the best point is then run on all
+``num_runs`` runs next to Naive, with the values frozen. The grids follow the
+paper's knobs: LwF's ``map`` target interval; EWC's λ and max_F and the learning
+rate of B_i>1 (Table 4: λ set near 1/(η·max_F)); SI's λ, max_F, w_1, w_i and the
+learning rate of B_i>1. λ is given as k/(η·max_F), k the stability factor of eq. 7.
+
+python scripts/sweep_regularization.py --config=configs/default.py --workdir=/tmp/sweep_digits_sit
+python scripts/sweep_regularization.py --config=configs/default.py --config.setting=mt --workdir=/tmp/sweep_digits_mt
+python scripts/sweep_regularization.py --config=configs/fashion_mnist.py --workdir=/tmp/sweep_fmnist_sit
+
+Prints one line per grid point and a final table; writes ``<workdir>/sweep.json``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import sys
+import warnings
+from typing import Any
+
+import jax
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from cljax import metrics  # noqa: E402
+from cljax.experiment import Trainer, prepare, write_json_atomic  # noqa: E402
+from cljax.scenarios import build_scenario  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Experiment config file.", lock_config=False)
+_WORKDIR = flags.DEFINE_string("workdir", "/tmp/sweep_regularization", "Where sweep.json goes.")
+_STRATEGIES = flags.DEFINE_string("strategies", "lwf,ewc,si", "Strategies to sweep (lwf, ewc, si).")
+_GRID = flags.DEFINE_string("grid", "", 'JSON replacing grids, e.g. \'{"si": {"w_rest": [0.001, 0.01]}}\'.')
+_CONFIRM = flags.DEFINE_bool("confirm", True, "Run the best point of each strategy on all num_runs runs.")
+
+# Stability factors k = η·λ·max_F (eq. 7); λ = k / (η·max_F).
+GRIDS: dict[str, dict[str, list[Any]]] = {
+    "lwf": {
+        # 1 − n_i/Σn_j over 5 equal batches is 1/2, 2/3, 3/4, 4/5; Table 4 maps [0.66, 0.9].
+        "map_from": [(0.5, 0.8), (0.66, 0.9)],
+        "map_to": [(0.3, 0.7), (0.45, 0.85), (0.6, 0.9), (0.75, 0.95)],
+        "lr": [0.05, 0.01],
+    },
+    "ewc": {
+        "max_f": [1e-4, 1e-3, 1e-2],
+        "k": [0.5, 1.0],
+        "lr": [0.02, 0.005],
+        "epochs": [1, 5],
+    },
+    "si": {
+        "max_f": [1e-3],  # Tables 4-5 use 0.001 throughout
+        "k": [1.0],
+        "w_first": [1e-4, 1e-3, 1e-2],
+        "w_rest": [1e-4, 1e-3, 1e-2],
+        "lr": [0.02, 0.005],
+        "epochs": [5],
+    },
+}
+TRAINING_POINT_FIELDS = ("lr", "epochs", "lr_first", "epochs_first")  # also given to the Naive control
+
+
+def apply_point(config, name: str, point: dict[str, Any]) -> None:
+    """Writes a grid point into the strategy's section (k becomes the strength λ)."""
+    section = config[name]
+    for field, value in point.items():
+        if field != "k":
+            section[field] = value
+    if "k" in point:
+        lr = section.lr if section.lr is not None else config.lr
+        section.strength = float(point["k"] / (lr * section.max_f))
+
+
+def run_streams(config, name: str, dataset, runs) -> list[dict]:
+    trainer = Trainer.build(config, name, dataset)
+    records = []
+    for run in runs:
+        scenario = build_scenario(config, run, dataset)
+        key = jax.random.fold_in(jax.random.key(config.seed), run)
+        records.append(trainer.run_stream(scenario, run, key))
+    return records
+
+
+def final_accuracy(record: dict) -> float:
+    return record["accuracy"][-1] if record["diverged"] is None else float("nan")
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    warnings.simplefilter("ignore", RuntimeWarning)  # k > 1 points warn by design
+    base = _CONFIG.value
+    dataset, _ = prepare(base)
+    names = [n.strip() for n in _STRATEGIES.value.split(",") if n.strip()]
+    report: dict[str, Any] = {"config": base.to_dict(), "sweeps": {}, "confirmed": {}}
+    naive = run_streams(base, "naive", dataset, [0])[0]
+    print(f"naive run 0: final accuracy {final_accuracy(naive):.3f}", flush=True)
+    report["naive_run0"] = final_accuracy(naive)
+    path = os.path.join(_WORKDIR.value, "sweep.json")
+    grids = {**GRIDS, **(json.loads(_GRID.value) if _GRID.value else {})}
+    for name in names:
+        grid = {
+            field: [tuple(v) if isinstance(v, list) else v for v in values] for field, values in grids[name].items()
+        }
+        points = []
+        for values in itertools.product(*grid.values()):
+            point = dict(zip(grid.keys(), values, strict=True))
+            config = base.copy_and_resolve_references()
+            apply_point(config, name, point)
+            record = run_streams(config, name, dataset, [0])[0]
+            acc = final_accuracy(record)
+            points.append({"point": point, "final_accuracy": acc, "accuracy": record["accuracy"]})
+            print(f"{name} {point}: final {acc:.3f} per batch {np.round(record['accuracy'], 3).tolist()}", flush=True)
+        best = max(points, key=lambda p: -1.0 if np.isnan(p["final_accuracy"]) else p["final_accuracy"])
+        report["sweeps"][name] = {"points": points, "best": best}
+        print(f"{name} best on run 0: {best['point']} -> {best['final_accuracy']:.3f}", flush=True)
+        if _CONFIRM.value:
+            config = base.copy_and_resolve_references()
+            apply_point(config, name, best["point"])
+            records = run_streams(config, name, dataset, range(config.num_runs))
+            complete = [r for r in records if r["diverged"] is None]
+            summary = metrics.summarize(complete) if complete else None
+            # Control: Naive with the same training fields (learning rate, epochs) on the same runs.
+            control_config = base.copy_and_resolve_references()
+            apply_point(control_config, "naive", {k: v for k, v in best["point"].items() if k in TRAINING_POINT_FIELDS})
+            control = metrics.summarize(run_streams(control_config, "naive", dataset, range(config.num_runs)))
+            report["confirmed"][name] = {
+                "naive_same_training": control,
+                "point": best["point"],
+                "strength": config[name].get("strength"),
+                **(summary or {}),
+            }
+            if summary:
+                print(
+                    f"{name} frozen on {len(complete)}/{config.num_runs} runs: "
+                    f"{summary['final_accuracy_mean']:.3f} ± {summary['final_accuracy_std']:.3f}; Naive with the "
+                    f"same lr/epochs: {control['final_accuracy_mean']:.3f} ± {control['final_accuracy_std']:.3f}",
+                    flush=True,
+                )
+        write_json_atomic(path, report)
+    print(f"\nsweep: {path}")
+
+
+if __name__ == "__main__":
+    app.run(main)
