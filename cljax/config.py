@@ -107,8 +107,8 @@ def base_config() -> ml_collections.ConfigDict:
         strength=5e4,  # λ = 1/(η·max_F): the largest stable value (eq. 7); 0 = Θ̄ trained freely
         max_f=1e-3,  # max_F (Tables 4-5: 0.001)
         xi=1e-3,  # ξ
-        w_first=2e-3,  # w_1 (Table 4: 0.0015)
-        w_rest=2e-3,  # w_i, i > 1 (Table 4: 0.0015)
+        w_first=2e-2,  # w_1 (Table 4: 0.0015; larger here: B_1's features are the ones to keep)
+        w_rest=2e-2,  # w_i, i > 1 (Table 4: 0.0015)
         avg="batch",  # mean-shift average, as cwr_plus.avg
         epochs=20,  # B_i>1, as CWR+
         lr=0.02,  # B_i>1 learning rate, as CWR+

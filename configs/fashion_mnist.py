@@ -15,4 +15,8 @@ def get_config():
     c.epochs = 2
     c.batch_size = 64
     c.cumulative.epochs = 2
+    # CWR, CWR+, AR1: B_i>1 epochs tuned on run 0 (BUILD_NOTES.md "Architectural strategies").
+    c.cwr.epochs = 1
+    c.cwr_plus.epochs = 2
+    c.ar1.epochs = 2
     return c
