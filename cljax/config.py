@@ -18,6 +18,19 @@ from ml_collections import config_dict
 TRAINING_FIELDS = ("epochs_first", "epochs", "lr_first", "lr", "batch_size", "optimizer", "momentum", "head")
 HEADS = ("default", "maximal", "expanding")
 SETTINGS = ("sit", "mt")
+# Strategy hyperparameters checked in every section that has them (sections land with their
+# strategies): name -> (lower bound, whether the bound itself is allowed). Values must be finite.
+HPARAM_BOUNDS = {
+    "strength": (0.0, False),  # λ of the quadratic penalty (EWC eq. 7, SI, AR1)
+    "max_f": (0.0, False),  # max_F, the importance clip (eq. 8, eq. 11)
+    "xi": (0.0, False),  # ξ, SI's damping (eq. 10)
+    "w_first": (0.0, True),  # w_1 (SI eq. 11; CWR's weight for B_1)
+    "w_rest": (0.0, True),  # w_i, i > 1
+    "init_std": (0.0, True),  # std of CWR's head re-initialisation (0 = zeros)
+}
+POSITIVE_INT_HPARAMS = ("fisher_batch_size",)
+# Fields that cannot change any result; a workdir's checkpoints resume even when they differ.
+RESUME_IGNORED_FIELDS = ("overwrite",)
 
 
 def strategy_section(**hparams) -> ml_collections.ConfigDict:
@@ -69,6 +82,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.momentum = 0.0
     c.head = "default"  # default (the strategy's, App. A) | maximal | expanding
     c.eval_batch_size = 1000  # test examples per evaluation chunk
+    # Workdir: rerunning the same command resumes from the last completed batch (cljax/checkpoint.py).
+    c.overwrite = False  # True: discard the workdir's checkpoints and results.json and start again
     # Strategies (one section each).
     c.naive = strategy_section()
     c.cumulative = strategy_section(epochs_first=10, epochs=10, from_scratch=True)  # retrain from the initial weights
@@ -104,7 +119,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.cwr_plus = strategy_section(avg="batch", epochs=20, lr=0.02)
     # AR1 (Alg. 3): CWR+ head, Θ̄ trained on every batch under SI (eq. 10-11) restricted to Θ̄.
     c.ar1 = strategy_section(
-        strength=5e4,  # λ = 1/(η·max_F): the largest stable value (eq. 7); 0 = Θ̄ trained freely
+        strength=5e4,  # λ = 1/(η·max_F): the largest stable value (eq. 7)
         max_f=1e-3,  # max_F (Tables 4-5: 0.001)
         xi=1e-3,  # ξ
         w_first=2e-2,  # w_1 (Table 4: 0.0015; larger here: B_1's features are the ones to keep)
@@ -147,9 +162,13 @@ def _positive_int(value, field: str) -> None:
     )
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _positive_float(value, field: str) -> None:
     _check(
-        isinstance(value, int | float) and math.isfinite(value) and value > 0,
+        _is_number(value) and math.isfinite(value) and value > 0,
         f"{field}={value!r} is invalid; it must be a positive finite number",
     )
 
@@ -169,6 +188,14 @@ def _validate_core50_fields(config, core50) -> None:
                 f"{field}={config[field]!r} applies to dataset=core50 only; dataset={config.dataset!r} "
                 f"needs the default {default!r}",
             )
+
+
+def _bounded_float(value, field: str, lower: float, inclusive: bool) -> None:
+    allowed = f">= {lower:g}" if inclusive else f"> {lower:g}"
+    _check(
+        _is_number(value) and math.isfinite(value) and (value >= lower if inclusive else value > lower),
+        f"{field}={value!r} is invalid; it must be a finite number {allowed}",
+    )
 
 
 def validate(config) -> None:
@@ -225,6 +252,12 @@ def validate(config) -> None:
             f"{prefix('momentum')}={hp.momentum!r} is invalid; it must be in [0, 1)",
         )
         _check(hp.head in HEADS, f"{prefix('head')}={hp.head!r} is unknown; allowed: {', '.join(HEADS)}")
+        for field, (lower, inclusive) in HPARAM_BOUNDS.items():
+            if field in hp:
+                _bounded_float(hp[field], f"{name}.{field}", lower, inclusive)
+        for field in POSITIVE_INT_HPARAMS:
+            if field in hp:
+                _positive_int(hp[field], f"{name}.{field}")
     _validate_regularization(config, names)
     _validate_architectural(config, names)
 
@@ -265,20 +298,8 @@ def _validate_regularization(config, names: list[str]) -> None:
 
 
 def _validate_architectural(config, names: list[str]) -> None:
-    """CWR, CWR+ (and AR1) hyperparameters (section 3)."""
-    if "cwr" in names:
-        for field in ("w_first", "w_rest", "init_std"):
-            _positive_float(config.cwr[field], f"cwr.{field}")
+    """CWR+/AR1 choices (section 3); numeric fields are checked by ``HPARAM_BOUNDS``."""
     for name in ("cwr_plus", "ar1"):
         if name in names:
             avg = config[name].avg
             _check(avg in ("batch", "all"), f"{name}.avg={avg!r} is unknown; allowed: batch, all")
-    if "ar1" in names:
-        for field in ("max_f", "xi"):
-            _positive_float(config.ar1[field], f"ar1.{field}")
-        for field in ("strength", "w_first", "w_rest"):  # strength 0: the ablation "Θ̄ trained freely"
-            value = config.ar1[field]
-            _check(
-                isinstance(value, int | float) and math.isfinite(value) and value >= 0,
-                f"ar1.{field}={value!r} is invalid; it must be a finite number >= 0",
-            )

@@ -56,6 +56,12 @@ def cross_entropy(logits_BxC: jax.Array, batch: dict[str, jax.Array], strategy_s
     return optax.softmax_cross_entropy_with_integer_labels(logits_BxC, batch["y"])
 
 
+def tree_all_finite(tree: Any) -> jax.Array:
+    """True when every floating-point leaf of ``tree`` is finite (the divergence guard's test)."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
 def make_optimizer(name: str, momentum: float = 0.0) -> optax.GradientTransformation:
     """Base optimizer with the learning rate in its state (``set_learning_rate``): B_1 and
     B_i>1 use different rates (Tables 4-5) without recompiling."""
@@ -132,7 +138,7 @@ def make_fit(
         # next to the applied update (the SI path tracker); others ignore it.
         updates, opt_state = tx.update(grads, state.opt_state, state.params, task_grads=grads)
         new_state = TrainState(optax.apply_updates(state.params, updates), opt_state, state.strategy_state)
-        finite = jnp.isfinite(loss) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+        finite = jnp.isfinite(loss) & tree_all_finite(grads)
         # On divergence keep the last good state (the caller reports the step).
         new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, state)
         return new_state, loss, finite

@@ -8,8 +8,13 @@ exactly, resumed, or later vmapped.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import glob
 import os
+import pickle
+import shutil
 import time
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -19,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from cljax import diagnostics, engine, metrics, monitor
+from cljax import checkpoint, diagnostics, engine, metrics, monitor
 from cljax.config import ConfigError, strategy_hparams, strategy_names, validate
 from cljax.files import write_json_atomic  # noqa: F401  (re-exported: the results writer)
 from cljax.models import HEAD, build_model
@@ -94,6 +99,16 @@ def head_kind(config, hp, strategy: Strategy) -> str:
 
 
 @dataclasses.dataclass
+class StreamState:
+    """What a run carries from one batch to the next; a checkpoint holds exactly this."""
+
+    state: engine.TrainState
+    key: jax.Array  # the run's key: its initial weights and batch i's randomness derive from it
+    record: dict[str, Any]  # results so far; JSON-native values only (checkpointed as JSON)
+    next_batch: int  # 0-based index of the first batch still to train
+
+
+@dataclasses.dataclass
 class Trainer:
     """What one strategy needs for all its runs: model, transformation, compiled fit."""
 
@@ -154,23 +169,15 @@ class Trainer:
         params = {**state.params, "params": {**state.params["params"], HEAD: head_state.params["params"][HEAD]}}
         return state._replace(params=params, strategy_state=head_state.strategy_state), fit_metrics
 
-    def run_stream(
-        self,
-        scenario: Scenario,
-        run: int,
-        key: jax.Array,
-        on_batch: Callable[[dict], None] | None = None,
-    ) -> dict:
-        """Trains and evaluates every batch of one run; returns its results record."""
-        heads = Heads(head_kind(self.config, self.hp, self.strategy), scenario)
-        init_key, key = jax.random.split(key)
+    def start_stream(self, scenario: Scenario, run: int, key: jax.Array) -> StreamState:
+        """A run before its first batch: initial weights from ``key``, an empty record."""
+        init_key, _ = jax.random.split(key)
         state = self.init_state(init_key, scenario.input_shape)
-        test_x = jax.device_put(scenario.test_x)
         record: dict[str, Any] = {
             "run": run,
             "class_order": list(scenario.class_order),
             "batch_classes": scenario.batch_classes,
-            "head": heads.kind,
+            "head": head_kind(self.config, self.hp, self.strategy),
             "accuracy": [],
             "seen_accuracy": [],
             "accuracy_matrix": [],
@@ -180,7 +187,38 @@ class Trainer:
             "confusion_matrices": [],
             "diverged": None,
         }
-        for i, batch in enumerate(scenario.batches):
+        return StreamState(state, key, record, next_batch=0)
+
+    def run_stream(
+        self,
+        scenario: Scenario,
+        run: int,
+        key: jax.Array,
+        on_batch: Callable[[dict], None] | None = None,
+        *,
+        resume: StreamState | None = None,
+        on_checkpoint: Callable[[StreamState], None] | None = None,
+    ) -> dict:
+        """Trains and evaluates every batch of one run; returns its results record.
+
+        ``resume`` (a restored ``StreamState``) starts at its ``next_batch`` instead of
+        from the initial weights; since batch i draws its randomness from the run's key
+        (``fold_in(key, i)``), the numbers are those of an uninterrupted run.
+        ``on_checkpoint`` receives the stream after every completed batch, before
+        ``on_batch`` reports it.
+
+        Divergence guard: a non-finite loss or gradient in ``fit`` (which then stops at
+        the last good step), or non-finite parameters after ``after_batch``, ends the run
+        with ``record["diverged"] = {"batch", "step", "reason"}`` (``step`` None for the
+        parameter check); the batch is not evaluated and nothing is checkpointed for it.
+        """
+        heads = Heads(head_kind(self.config, self.hp, self.strategy), scenario)
+        stream = resume if resume is not None else self.start_stream(scenario, run, key)
+        state, record = stream.state, stream.record
+        init_key, key = jax.random.split(stream.key)
+        test_x = jax.device_put(scenario.test_x)
+        for i in range(stream.next_batch, scenario.num_batches):
+            batch = scenario.batches[i]
             first = i == 0
             params_before = self.strategy.eval_params(state)  # diagnostics: weight change over B_i
             before_key, fit_key, after_key = jax.random.split(jax.random.fold_in(key, i), 3)
@@ -212,13 +250,12 @@ class Trainer:
             state, fit_metrics = self.fit_batch(state, data, num_examples, epochs, fit_mask, fit_key, i)
             bad_step = int(fit_metrics.nonfinite_step)
             if bad_step >= 0:
-                record["diverged"] = {"batch": i, "step": bad_step}
-                message = (
-                    f"{self.name} run {run} batch {i + 1}: loss or gradient not finite at step {bad_step}; run stopped"
-                )
-                print(message, flush=True)
+                record["diverged"] = {"batch": i, "step": bad_step, "reason": "loss or gradient not finite"}
                 break
             state = self.strategy.after_batch(state, dataclasses.replace(ctx, data=data, key=after_key))
+            if not bool(_all_finite((state.params, self.strategy.eval_params(state)))):
+                record["diverged"] = {"batch": i, "step": None, "reason": "parameters not finite after after_batch"}
+                break
             jax.block_until_ready(state)
             seconds = time.perf_counter() - start
 
@@ -241,6 +278,8 @@ class Trainer:
             record["confusion_matrices"].append(cm.tolist())
             # Section 5 diagnostics (weight change, importance histograms) into record["diagnostics"].
             diagnostics.record_batch(record, params_before, state, self.strategy)
+            if on_checkpoint is not None:
+                on_checkpoint(StreamState(state, stream.key, record, next_batch=i + 1))
             if on_batch is not None:
                 on_batch(
                     {
@@ -255,6 +294,9 @@ class Trainer:
                     }
                 )
         return record
+
+
+_all_finite = jax.jit(engine.tree_all_finite)
 
 
 def print_progress(event: dict) -> None:
@@ -281,7 +323,20 @@ def comparison_table(results: dict) -> str:
 def prepare(config) -> tuple[Dataset, list[str]]:
     """Validates the config and reads the data; raises ConfigError/DataError before any training."""
     validate(config)
-    dataset = load_dataset(config.dataset, config.data_dir, config)
+    try:
+        dataset = load_dataset(config.dataset, config.data_dir, config)
+    except (ConfigError, DataError):
+        raise
+    except (OSError, EOFError, ValueError, KeyError, IndexError, TypeError, zlib.error, pickle.UnpicklingError) as e:
+        # Every reader's failure is bad input, reported the same way (one sentence, the path).
+        raise DataError(f"dataset={config.dataset!r} cannot be read from data_dir={config.data_dir!r}: {e}") from None
+    if dataset.protocol is None:  # plain datasets: the config splits them
+        for field in ("first_batch_classes", "classes_per_batch"):
+            if config[field] > dataset.num_classes:
+                raise ConfigError(
+                    f"{field}={config[field]} is invalid; dataset {config.dataset!r} has only "
+                    f"{dataset.num_classes} classes"
+                )
     try:
         build_scenario(config, 0, dataset)  # checks the class split against the dataset
     except (ConfigError, DataError):
@@ -291,17 +346,105 @@ def prepare(config) -> tuple[Dataset, list[str]]:
     return dataset, strategy_names(config)
 
 
+def checkpoint_step(strategy_index: int, run: int, batch: int, num_runs: int, num_batches: int) -> int:
+    """The checkpoint step of a completed batch: its position in the experiment (monotonic)."""
+    return (strategy_index * num_runs + run) * num_batches + batch
+
+
+def divergence_message(name: str, run: int, diverged: dict, num_batches: int, checkpoint_path: str | None) -> str:
+    step = "" if diverged["step"] is None else f" at step {diverged['step']}"
+    kept = (
+        f"last good checkpoint (after batch {diverged['batch']}): {checkpoint_path}"
+        if checkpoint_path
+        else "no checkpoint of this run precedes it"
+    )
+    return (
+        f"{name} run {run} diverged in batch {diverged['batch'] + 1}/{num_batches}{step} ({diverged['reason']}); "
+        f"run stopped, the other runs and strategies go on; {kept}"
+    )
+
+
+def _save_batch(
+    checkpoints: checkpoint.Checkpoints, results: dict, name: str, run: int, step_of: Callable, stream: StreamState
+) -> None:
+    """``on_checkpoint``: the stream and everything finished so far, as the batch's step."""
+    batch = stream.next_batch - 1
+    progress = {"strategy": name, "run": run, "batch": batch, "record": stream.record, "results": results}
+    checkpoints.save(step_of(batch), stream.state, stream.key, progress)
+
+
+def _restore_stream(
+    checkpoints: checkpoint.Checkpoints, step: int, progress: dict, trainer: Trainer, scenario: Scenario, key
+) -> StreamState:
+    """The run of ``progress`` as checkpointed at ``step``, shaped like a fresh one."""
+    fresh = trainer.start_stream(scenario, progress["run"], key)
+    state, run_key = checkpoints.restore(step, fresh.state, fresh.key)
+    resume = StreamState(state, run_key, progress["record"], next_batch=progress["batch"] + 1)
+    print(
+        f"{trainer.name} run {progress['run']}: resuming after batch {resume.next_batch}/{scenario.num_batches} "
+        f"from {checkpoints.path(step)}",
+        flush=True,
+    )
+    return resume
+
+
+def _report_divergence(
+    checkpoints: checkpoint.Checkpoints, record: dict, name: str, run: int, step_of: Callable, num_batches: int
+) -> None:
+    """Keeps the run's last good checkpoint (the batch before the bad one), names it in the
+    record (relative to the workdir) and prints the message."""
+    diverged = record["diverged"]
+    kept = step_of(diverged["batch"] - 1) if diverged["batch"] > 0 else None
+    if kept is not None:
+        checkpoints.keep(kept)
+    diverged["checkpoint_step"] = kept
+    diverged["checkpoint"] = None if kept is None else os.path.join(checkpoint.CHECKPOINTS_DIR, str(kept))
+    path = None if kept is None else checkpoints.path(kept)
+    print(divergence_message(name, run, diverged, num_batches, path), flush=True)
+
+
+def clear_workdir(workdir: str) -> None:
+    """``--config.overwrite=True``: removes what this program writes into the workdir (checkpoints,
+    results.json, diagnostics_*.npz, report/, tensorboard/), nothing else."""
+    for directory in (checkpoint.CHECKPOINTS_DIR, "report", "tensorboard"):
+        shutil.rmtree(os.path.join(workdir, directory), ignore_errors=True)
+    here = glob.escape(workdir)
+    outputs = [os.path.join(here, checkpoint.RESULTS_FILE), diagnostics.diagnostics_path(here, "*")]
+    for path in [p for pattern in outputs for p in glob.glob(pattern)]:
+        os.unlink(path)
+
+
 def run_experiment(
     config, workdir: str, log: Callable[[dict], None] = print_progress, show_progress: bool = True
 ) -> dict:
     """Runs every strategy and run of ``config``; writes ``<workdir>/results.json`` (and the per-batch
-    diagnostics beside it) after each run, TensorBoard scalars after each batch when ``tensorboard``
-    is installed, and ``<workdir>/report/`` at the end (``cljax.report``)."""
+    diagnostics beside it) after each run, a checkpoint after each batch, TensorBoard scalars after
+    each batch when ``tensorboard`` is installed, and ``<workdir>/report/`` at the end (``cljax.report``).
+
+    Everything is validated and the workdir checked before anything is written. A checkpoint
+    holds the run's state and record and every finished run, so a workdir holding checkpoints of
+    the same config resumes from its last completed batch (exactly: see ``run_stream``); one
+    holding another config is refused unless ``config.overwrite``.
+    """
     from cljax import report  # matplotlib: imported only when a job runs
 
     dataset, names = prepare(config)
-    results: dict[str, Any] = {"config": config.to_dict(), "strategies": {}}
-    progress = monitor.ProgressDisplay() if show_progress else None
+    if config.overwrite:
+        clear_workdir(workdir)
+    else:
+        checkpoint.check_workdir(workdir, config)
+    checkpoints = checkpoint.Checkpoints(os.path.join(workdir, checkpoint.CHECKPOINTS_DIR))
+    latest = checkpoints.latest_step()
+    progress = checkpoints.progress(latest) if latest is not None else None
+    results: dict[str, Any] = {
+        "config": config.to_dict(),
+        "strategies": progress["results"]["strategies"] if progress else {},
+    }
+    for entry in results["strategies"].values():
+        for record in entry["runs"]:
+            if record["diverged"] and record["diverged"]["checkpoint_step"] is not None:
+                checkpoints.keep(record["diverged"]["checkpoint_step"])
+    display = monitor.ProgressDisplay() if show_progress else None
     scalars = monitor.tensorboard_writer(os.path.join(workdir, "tensorboard"))
 
     def on_batch(event: dict) -> None:
@@ -310,17 +453,31 @@ def run_experiment(
             values = {k: event[k] for k in ("accuracy", "seen_accuracy", "loss", "seconds")}
             scalars.scalars(event["strategy"], event["run"], event["batch"] + 1, values)
 
-    for name in names:
-        trainer = Trainer.build(config, name, dataset, progress)
-        runs = []
-        results["strategies"][name] = {"runs": runs}
-        for run in range(config.num_runs):
+    for s, name in enumerate(names):
+        entry = results["strategies"].setdefault(name, {"runs": []})
+        runs = entry["runs"]
+        if len(runs) == config.num_runs:
+            continue
+        trainer = Trainer.build(config, name, dataset, display)
+        for run in range(len(runs), config.num_runs):
             scenario = build_scenario(config, run, dataset)
             key = jax.random.fold_in(jax.random.key(config.seed), run)
-            runs.append(trainer.run_stream(scenario, run, key, on_batch=on_batch))
+            step_of = functools.partial(
+                checkpoint_step, s, run, num_runs=config.num_runs, num_batches=scenario.num_batches
+            )
+            resume = None
+            if progress is not None and (progress["strategy"], progress["run"]) == (name, run):
+                resume = _restore_stream(checkpoints, latest, progress, trainer, scenario, key)
+            save = functools.partial(_save_batch, checkpoints, results, name, run, step_of)
+            record = trainer.run_stream(scenario, run, key, on_batch=on_batch, resume=resume, on_checkpoint=save)
+            if record["diverged"] is not None:
+                _report_divergence(checkpoints, record, name, run, step_of, scenario.num_batches)
+            runs.append(record)
             complete = [r for r in runs if r["diverged"] is None]
-            results["strategies"][name]["summary"] = metrics.summarize(complete) if complete else None
+            entry["summary"] = metrics.summarize(complete) if complete else None
             diagnostics.write_results(workdir, results)  # results.json + diagnostics_<strategy>.npz
+    diagnostics.write_results(workdir, results)  # also when a resumed workdir had nothing left to do
+    checkpoints.close()
     if scalars is not None:
         scalars.close()  # every batch was flushed already
     report.write_report(workdir)

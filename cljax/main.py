@@ -1,4 +1,9 @@
-"""Command line: python -m cljax.main --config=configs/default.py [--config.field=value] [--workdir=DIR]."""
+"""Command line: python -m cljax.main --config=configs/default.py [--config.field=value] [--workdir=DIR].
+
+Rerunning a command on the same workdir resumes it from its last completed batch. Bad input
+(flags, config values, data files, a workdir holding another config) gets one line on stderr
+and exit code 2, before anything is trained or written.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ from cljax import experiment
 from cljax.config import ConfigError
 from cljax.scenarios import DataError
 
-_WORKDIR = flags.DEFINE_string("workdir", "runs/default", "Directory for results.json and reports.")
+_WORKDIR = flags.DEFINE_string("workdir", "runs/default", "Directory for results.json, checkpoints and reports.")
 
 
 def fail(message: str) -> None:
@@ -28,10 +33,17 @@ def define_config_flag(argv: list[str]):
             "config", "configs/default.py", "Experiment config file (configs/*.py[:arg]).", lock_config=True
         )
     except (AttributeError, KeyError) as e:
-        field = next((a.split("=")[0] for a in argv if a.startswith("--config.")), "--config.<field>")
-        fail(f"{field}: {e} is not a config field; the fields and their defaults are in cljax/config.py")
+        fail(unknown_field(argv, e))
     except Exception as e:  # the config file is user code: any failure to load it is bad input
         fail(config_load_error(e))
+
+
+def unknown_field(argv: list[str], e: Exception) -> str:
+    """ml_collections raises AttributeError/KeyError("'name'") for an override of a missing field."""
+    name = str(e).strip("\"'")
+    given = [a.split("=")[0] for a in argv if a.startswith("--config.")]
+    field = next((a for a in given if name in a[len("--config.") :].split(".")), given[0] if given else "--config")
+    return f"{field}: the config has no field {name!r}; the fields and their defaults are in cljax/config.py"
 
 
 def config_load_error(e: Exception) -> str:
@@ -46,6 +58,8 @@ def parse_flags(argv: list[str]) -> list[str]:
     except flags.Error as e:
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         fail(" ".join(lines[:1] + lines[-1:] if len(lines) > 1 else lines))  # first line + the cause
+    except (AttributeError, KeyError) as e:  # after an explicit --config=<file>: an unknown override
+        fail(unknown_field(argv, e))
     except Exception as e:  # --config=<file> is loaded while parsing; it is user code
         fail(config_load_error(e))
 
@@ -59,14 +73,22 @@ def main(argv: list[str]) -> None:
         config.keys()  # the file is loaded lazily: load it now, to report a broken one as bad input
     except Exception as e:
         fail(config_load_error(e))
+    sys.exit(run(config, _WORKDIR.value))
+
+
+def run(config, workdir: str) -> int:
+    """The command after flag parsing: runs (or resumes) the experiment; returns the exit code,
+    2 after one line on stderr for bad input (config, data, a workdir holding another config)."""
     try:
-        results = experiment.run_experiment(config, _WORKDIR.value)
+        results = experiment.run_experiment(config, workdir)
     except (ConfigError, DataError) as e:
-        fail(str(e))
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
     print()
     print(experiment.comparison_table(results))
-    print(f"\nresults: {_WORKDIR.value}/results.json")
-    print(f"report: {_WORKDIR.value}/report/report.md")
+    print(f"\nresults: {workdir}/results.json")
+    print(f"report: {workdir}/report/report.md")
+    return 0
 
 
 if __name__ == "__main__":

@@ -317,7 +317,7 @@ def test_expanding_head_option(digits):
     [
         ("cwr_plus.avg", "median", "cwr_plus.avg='median' is unknown; allowed: batch, all"),
         ("cwr.init_std", -0.1, "cwr.init_std=-0.1 is invalid"),
-        ("cwr.w_rest", 0.0, "cwr.w_rest=0.0 is invalid"),
+        ("cwr.w_rest", -1.0, "cwr.w_rest=-1.0 is invalid"),
         ("ar1.avg", "max", "ar1.avg='max' is unknown; allowed: batch, all"),
         ("ar1.strength", -1.0, "ar1.strength=-1.0 is invalid"),
         ("ar1.w_first", -1.0, "ar1.w_first=-1.0 is invalid"),

@@ -61,7 +61,8 @@ def test_cumulative_from_scratch_forgets_how_earlier_batches_were_trained(tiny_c
     def final_params_accuracy(from_scratch: bool, lr_first: float) -> list[float]:
         tiny_config.cumulative.from_scratch = from_scratch
         tiny_config.cumulative.lr_first = lr_first
-        results = run_experiment(tiny_config, str(tmp_path), log=lambda event: None)
+        workdir = tmp_path / f"{from_scratch}-{lr_first}"  # a workdir holds one config (it resumes)
+        results = run_experiment(tiny_config, str(workdir), log=lambda event: None)
         return results["strategies"]["cumulative"]["runs"][0]["accuracy_matrix"]
 
     assert final_params_accuracy(True, 0.1)[1] == final_params_accuracy(True, 0.003)[1]

@@ -36,7 +36,7 @@ def test_cli_writes_valid_results_json(tmp_path):
     workdir = tmp_path / "w"
     proc = run_cli("--config=configs/default.py", f"--workdir={workdir}", *TINY)
     assert proc.returncode == 0, proc.stderr
-    progress = [line for line in proc.stdout.splitlines() if " batch " in line]
+    progress = [line for line in proc.stdout.splitlines() if " batch " in line and "accuracy" in line]
     assert len(progress) == 2 * 2 * 5  # strategies x runs x batches
     assert "final accuracy" in proc.stdout  # the comparison table
     results = json.loads((workdir / "results.json").read_text())

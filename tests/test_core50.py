@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import subprocess
@@ -13,6 +12,7 @@ import pytest
 
 from cljax import experiment
 from cljax.config import ConfigError, base_config
+from cljax.diagnostics import read_results
 from cljax.scenarios import DataError, build_scenario, load_dataset
 from cljax.scenarios.files import NpzArray
 from tests.official_formats import NUM_OBJECTS, TEST_SESSIONS, TRAIN_SESSIONS, decode_colour, write_core50
@@ -302,7 +302,7 @@ def test_cli_end_to_end_on_tiny_core50(files, tmp_path):
     env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads((workdir / "results.json").read_text())
+    results = read_results(str(workdir))  # confusion matrices live in diagnostics_<strategy>.npz
     sizes = [len(b) for b in f.lup["nc"][0][:-1]]
     naive = results["strategies"]["naive"]["runs"][0]
     assert naive["train_examples"] == sizes

@@ -12,7 +12,7 @@ import pytest
 
 from cljax import engine, monitor
 from cljax.config import base_config
-from cljax.experiment import Trainer
+from cljax.experiment import Heads, Trainer
 from cljax.scenarios import build_scenario, load_dataset
 
 
@@ -40,7 +40,7 @@ def test_progress_reports_a_few_times_per_batch_without_changing_results_or_reco
     )
     mask = jnp.ones(scenario.num_classes, bool)
     key = jax.random.key(1)
-    data, n = trainer.training_arrays(scenario, 0)
+    data, n = trainer.training_arrays(scenario, 0, Heads("maximal", scenario))
     quiet_state, quiet_metrics = trainer.fit(state, data, n, 3, mask, key)
     loud_state, loud_metrics = fit(state, data, n, 3, mask, key)
     jax.tree.map(np.testing.assert_array_equal, quiet_state, loud_state)
@@ -54,7 +54,7 @@ def test_progress_reports_a_few_times_per_batch_without_changing_results_or_reco
 
     # Another batch, other sizes and epochs: same compiled program, its own totals.
     calls.clear()
-    data, n = trainer.training_arrays(scenario, 1)
+    data, n = trainer.training_arrays(scenario, 1, Heads("maximal", scenario))
     fit(state, data, n, 1, mask, key)
     total = -(-n // trainer.hp.batch_size)
     assert calls[-1] == (total, total)

@@ -1,0 +1,198 @@
+"""Checkpoints of an experiment: after every completed batch, all a run needs to go on exactly.
+
+Layout of a workdir::
+
+    <workdir>/results.json          finished runs (experiment.write_json_atomic)
+    <workdir>/checkpoints/<step>/   one orbax step per completed batch (``ocp.args`` API):
+        state/     StandardSave: params, optimizer state (anchors Θ* and importances F̂ live
+                   there), strategy state, and the run's PRNG key as raw key data
+        progress/  JsonSave: strategy, run, batch, the run's record so far and every finished
+                   run (the results so far)
+
+``step`` is the batch's position in the experiment (``experiment.checkpoint_step``), so a
+rerun of the same command finds the last completed batch as the latest step. The manager
+keeps the ``MAX_TO_KEEP`` newest steps (disk stays bounded) plus every step named in
+``keep`` (the last good checkpoint of a run that diverged).
+
+Atomicity: orbax writes a step into a temporary directory and renames it to ``<step>``
+only once every item is written (``AtomicRenameTemporaryPath``, the default of
+``orbax.checkpoint.path.atomicity``: "uses an atomic rename to indicate checkpoint
+completion"); a half-written step is never listed as a step, and ``cleanup_tmp_directories``
+removes it at the next start. Saves are synchronous: when ``save`` returns, the step is on
+disk, so the progress line printed after it never announces a checkpoint that is not there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
+
+from cljax.config import RESUME_IGNORED_FIELDS, ConfigError
+from cljax.engine import TrainState
+
+MAX_TO_KEEP = 2
+CHECKPOINTS_DIR = "checkpoints"
+RESULTS_FILE = "results.json"
+
+
+class CheckpointError(ConfigError):
+    """A workdir whose checkpoints cannot be used for this config (one sentence, names the way out)."""
+
+
+class Checkpoints:
+    """One orbax ``CheckpointManager`` over ``<workdir>/checkpoints``."""
+
+    def __init__(self, directory: str, keep: Iterable[int] = (), writable: bool = True):
+        """``writable=False`` only reads: it neither creates the directory nor cleans it."""
+        self.directory = os.path.abspath(directory)
+        self._keep = set(keep)
+        self._writable = writable
+        self._manager = self._open()
+
+    def _open(self) -> ocp.CheckpointManager:
+        policy = checkpoint_managers.AnyPreservationPolicy(
+            [checkpoint_managers.LatestN(MAX_TO_KEEP), checkpoint_managers.CustomSteps(sorted(self._keep))]
+        )
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=policy,
+            enable_async_checkpointing=False,
+            cleanup_tmp_directories=self._writable,
+            create=self._writable,
+        )
+        return ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def path(self, step: int) -> str:
+        return os.path.join(self.directory, str(step))
+
+    def save(self, step: int, state: TrainState, key: jax.Array, progress: dict[str, Any]) -> None:
+        """Writes ``state``, ``key`` and the JSON-native ``progress`` as step ``step`` (blocking)."""
+        arrays = {"train_state": state, "key": jax.random.key_data(key)}
+        self._manager.save(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardSave(arrays), progress=ocp.args.JsonSave(progress)),
+            force=True,
+        )
+        self._manager.wait_until_finished()
+
+    def progress(self, step: int) -> dict[str, Any]:
+        try:
+            return self._manager.restore(step, args=ocp.args.Composite(progress=ocp.args.JsonRestore())).progress
+        except Exception as e:  # orbax raises many types; any of them means "unusable"
+            raise self._unusable(step, e) from None
+
+    def restore(self, step: int, like_state: TrainState, like_key: jax.Array) -> tuple[TrainState, jax.Array]:
+        """The state and key of step ``step``, with the tree structure, dtypes and shardings of
+        ``like_state`` / ``like_key`` (fresh ones), so the compiled ``fit`` is reused as is.
+
+        Orbax gives back strongly typed arrays: a fresh state must not hold weakly typed
+        leaves (the strategy contract already asks for it), or ``fit`` compiles once more.
+        """
+        like = {"train_state": like_state, "key": jax.random.key_data(like_key)}
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+        try:
+            restored = self._manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+            ).state
+        except Exception as e:
+            raise self._unusable(step, e) from None
+        restored = jax.tree.map(_placed_like, restored, like)
+        key = jax.random.wrap_key_data(restored["key"], impl=jax.random.key_impl(like_key))
+        return restored["train_state"], key
+
+    def keep(self, step: int) -> None:
+        """Preserves ``step`` beyond ``MAX_TO_KEEP`` (the last good checkpoint of a diverged run)."""
+        if step in self._keep:
+            return
+        self._keep.add(step)
+        self._manager.close()
+        self._manager = self._open()
+
+    def close(self) -> None:
+        self._manager.close()
+
+    def _unusable(self, step: int, error: Exception) -> CheckpointError:
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return CheckpointError(
+            f"checkpoint {self.path(step)} cannot be restored ({detail}); rerun with "
+            "--config.overwrite=True to discard this workdir's checkpoints, or use a new --workdir"
+        )
+
+
+def _placed_like(restored: jax.Array, fresh: jax.Array) -> jax.Array:
+    """Orbax places restored arrays explicitly (committed to the sharding); a fresh array that
+    was not committed gets an uncommitted copy, since jit dispatch keys on commitment too."""
+    if getattr(fresh, "committed", True):
+        return restored
+    return jnp.asarray(np.asarray(restored))
+
+
+def stored_config(workdir: str) -> tuple[dict[str, Any], str] | None:
+    """The config a workdir's results were made with, and the file that says so; None if it holds none.
+
+    The newest checkpoint holds the results so far (and so the config); results.json is read
+    when no checkpoint is there.
+    """
+    directory = os.path.join(workdir, CHECKPOINTS_DIR)
+    if os.path.isdir(directory):
+        checkpoints = Checkpoints(directory, writable=False)
+        try:
+            step = checkpoints.latest_step()
+            if step is not None:
+                return checkpoints.progress(step)["results"]["config"], checkpoints.path(step)
+        finally:
+            checkpoints.close()
+    path = os.path.join(workdir, RESULTS_FILE)
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                return json.load(f)["config"], path
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(
+                f"{path} cannot be read ({e}); rerun with --config.overwrite=True to replace it, or use a new --workdir"
+            ) from None
+    return None
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        flat = {}
+        for key, value in tree.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix[:-1]: tree}
+
+
+def config_differences(stored: dict[str, Any], config: dict[str, Any]) -> list[str]:
+    """``field: stored -> new`` for every field that differs (``RESUME_IGNORED_FIELDS`` aside)."""
+    as_json = lambda d: _flatten(json.loads(json.dumps(d)))  # tuples -> lists, as stored
+    old, new = as_json(stored), as_json(config)
+    return [
+        f"{field}: {old.get(field, '(absent)')!r} -> {new.get(field, '(absent)')!r}"
+        for field in sorted(set(old) | set(new))
+        if field.split(".")[0] not in RESUME_IGNORED_FIELDS and old.get(field, ...) != new.get(field, ...)
+    ]
+
+
+def check_workdir(workdir: str, config) -> None:
+    """Refuses a workdir holding results of another config; reads only, writes nothing."""
+    stored = stored_config(workdir)
+    if stored is None:
+        return
+    differences = config_differences(stored[0], config.to_dict())
+    if differences:
+        shown = "; ".join(differences[:3]) + (f"; and {len(differences) - 3} more" if len(differences) > 3 else "")
+        raise CheckpointError(
+            f"workdir {workdir!r} holds results of a different config ({shown}; see {stored[1]}); "
+            "rerun with --config.overwrite=True to discard them, or use a new --workdir"
+        )

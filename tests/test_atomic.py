@@ -1,0 +1,76 @@
+"""Atomic writes: a crash in the middle of writing never leaves a truncated results.json or a
+half-written checkpoint that a restart would read."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from cljax import checkpoint, engine, experiment, files
+
+
+def test_crash_mid_write_leaves_the_old_results_intact(tmp_path, monkeypatch):
+    """A write that dies half-way (here: after half of the bytes) or after the last byte but
+    before the rename leaves the old results.json as it was, and no temporary file."""
+    path = tmp_path / "results.json"
+    old = {"strategies": {"naive": {"runs": [{"accuracy": [0.5, 0.25]}]}}}
+    experiment.write_json_atomic(str(path), old)
+    old_text = path.read_text()
+    new = {"strategies": {"naive": {"runs": [{"accuracy": [0.75] * 1000}]}}}
+
+    def half_then_crash(f):
+        text = json.dumps(new).encode()
+        f.write(text[: len(text) // 2])
+        f.flush()
+        raise KeyboardInterrupt("killed mid-write")
+
+    with pytest.raises(KeyboardInterrupt):
+        files.write_atomic(str(path), half_then_crash, ".json")
+    assert path.read_text() == old_text
+    assert os.listdir(tmp_path) == ["results.json"]  # the temporary file is gone too
+
+    def crash(fd):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(os, "fsync", crash)  # every byte written, then the sync before the rename fails
+    with pytest.raises(OSError):
+        experiment.write_json_atomic(str(path), new)
+    assert path.read_text() == old_text
+    assert os.listdir(tmp_path) == ["results.json"]
+
+    monkeypatch.undo()
+    experiment.write_json_atomic(str(path), new)
+    assert json.loads(path.read_text()) == new
+
+
+def tiny_state() -> engine.TrainState:
+    params = {"params": {"head": {"kernel": jnp.arange(6.0).reshape(2, 3), "bias": jnp.zeros(3)}}}
+    return engine.TrainState(params, (jnp.int32(4),), ())
+
+
+def test_unfinished_checkpoint_is_never_restored(tmp_path):
+    """A process killed while saving step 1 leaves orbax's temporary directory, the final rename
+    never done (made here by undoing that rename). A restart sees step 0 as the latest, restores
+    it, and its next save replaces the leftover with a complete step 1."""
+    directory = tmp_path / "checkpoints"
+    checkpoints = checkpoint.Checkpoints(str(directory))
+    state, key = tiny_state(), jax.random.key(0)
+    checkpoints.save(0, state, key, {"batch": 0})
+    checkpoints.save(1, state._replace(opt_state=(jnp.int32(5),)), key, {"batch": 1})
+    checkpoints.close()
+    os.rename(directory / "1", directory / "1.orbax-checkpoint-tmp")
+
+    restarted = checkpoint.Checkpoints(str(directory))
+    assert restarted.latest_step() == 0
+    assert restarted.progress(0) == {"batch": 0}
+    restored, restored_key = restarted.restore(0, state, key)
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool((a == b).all()), restored, state))
+    assert (jax.random.key_data(restored_key) == jax.random.key_data(key)).all()
+    restarted.save(1, state, key, {"batch": 1, "again": True})
+    restarted.close()
+    assert sorted(os.listdir(directory)) == ["0", "1"]
+    assert checkpoint.Checkpoints(str(directory), writable=False).progress(1) == {"batch": 1, "again": True}
