@@ -1,14 +1,14 @@
 """Sweep AR1's SI strength λ and batch weights w_i (eq. 11), next to CWR+ (no SI, Θ̄ frozen after B_1).
 
-python scripts/sweep_ar1.py --config=configs/default.py --strengths=0,5e3,1.5e4,5e4,1.5e5 --w_rest=2e-4,2e-3,2e-2
-python scripts/sweep_ar1.py --config=configs/fashion_mnist.py --strengths=0,5e3,5e4 --w_rest=2e-3 --config.num_runs=1
+python scripts/sweep_ar1.py --config=configs/default.py --strengths=1e-6,5e3,1.5e4,5e4,1.5e5 --w_rest=2e-4,2e-3,2e-2
+python scripts/sweep_ar1.py --config=configs/fashion_mnist.py --strengths=1e-6,5e4,5e5 --w_rest=2e-2 --config.num_runs=1
 
 Every grid point runs AR1 with the config's ``ar1`` section (``--config.ar1.<field>=...`` overrides
 it; w_1 follows w_i unless ``--w_first`` is given) on the config's runs (class orders), and prints
 one Markdown row: final accuracy mean ± std, average accuracy, forgetting, η·λ·max_F (stability
 needs ≤ 1, eq. 7) and the fraction of Θ̄'s F̂ saturated at max_F after the last batch (too many
-saturated weights freeze Θ̄, PAPER_NOTES). λ = 0 is the ablation "CWR+ head, Θ̄ trained freely".
-``--json`` writes every row to a file.
+saturated weights freeze Θ̄, PAPER_NOTES). A tiny λ (1e-6; validation wants λ > 0) is the ablation
+"CWR+ head, Θ̄ trained freely". ``--json`` writes every row to a file.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from cljax.experiment import Trainer  # noqa: E402
 from cljax.scenarios import build_scenario, load_dataset  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Experiment config file.", lock_config=False)
-_STRENGTHS = flags.DEFINE_string("strengths", "0,5e3,1.5e4,5e4,1.5e5", "AR1 λ values.")
+_STRENGTHS = flags.DEFINE_string("strengths", "1e-6,5e3,1.5e4,5e4,1.5e5", "AR1 λ values.")
 _W_REST = flags.DEFINE_string("w_rest", "2e-4,2e-3,2e-2", "AR1 w_i (i > 1) values.")
 _W_FIRST = flags.DEFINE_string("w_first", "", "AR1 w_1 values; empty: w_1 = w_i.")
 _JSON = flags.DEFINE_string("json", "", "Write the rows to this file.")

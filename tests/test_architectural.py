@@ -4,6 +4,7 @@ again, and AR1's SI restricted to the shared weights."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import chex
 import jax
@@ -385,3 +386,32 @@ def test_ar1_trains_shared_weights_and_updates_importance_by_eq_10_11(trainers, 
         np.testing.assert_allclose(body(anchor.importance), np.minimum(importance, 0.2), rtol=1e-4, atol=1e-9)
         np.testing.assert_array_equal(body(anchor.anchor), body(trained[i].params))  # Θ* = Θ̄
     assert np.mean(importance >= 0.2) > 0  # the clip is exercised
+
+
+@pytest.mark.parametrize("strategy", ARCHITECTURAL)
+def test_restored_run_continues_exactly(trainers, digits, tmp_path, strategy):
+    """Checkpointed after B_2 and restored (HeadState, AR1's masked SI states), the run ends with
+    the uninterrupted record, and neither the full nor the head-only fit recompiles."""
+    from cljax import checkpoint, experiment
+
+    trainer = trainers[strategy]
+    scenario = build_scenario(shared_config(strategy), 1, digits)
+    key = jax.random.key(7)
+    checkpoints = checkpoint.Checkpoints(str(tmp_path / "checkpoints"))
+
+    def save(stream: experiment.StreamState) -> None:
+        checkpoints.save(stream.next_batch, stream.state, stream.key, {"record": stream.record})
+        checkpoints.keep(stream.next_batch)
+
+    def without_timings(record: dict) -> dict:
+        return {k: v for k, v in record.items() if k != "train_seconds"}
+
+    uninterrupted = without_timings(trainer.run_stream(scenario, 1, key, on_checkpoint=save))
+    fresh = trainer.start_stream(scenario, 1, key)
+    state, stream_key = checkpoints.restore(2, fresh.state, fresh.key)
+    record = checkpoints.progress(2)["record"]
+    resumed = trainer.run_stream(scenario, 1, key, resume=experiment.StreamState(state, stream_key, record, 2))
+    checkpoints.close()
+    assert without_timings(resumed) == json.loads(json.dumps(uninterrupted))
+    assert trainer.fit._cache_size() == 1
+    assert trainer.head_fit._cache_size() == (0 if strategy == "ar1" else 1)
