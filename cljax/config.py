@@ -69,7 +69,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = "mlp"  # mlp | cifarnet
     c.hidden_sizes = (400, 400)  # MLP hidden layers
     # Experiment.
-    c.strategies = "naive,cumulative,lwf,ewc,si"  # comma-separated strategy names, run in this order
+    c.strategies = "naive,cumulative,lwf,ewc,si,cwr,cwr_plus,ar1"  # comma-separated strategy names, run in this order
     c.num_runs = 3  # runs with different class orders (run 0: natural order)
     c.seed = 0  # class orders and PRNG keys derive from (seed, run)
     # Training defaults for every strategy (B_1 and B_i>1 as in Tables 4-5).
@@ -110,6 +110,23 @@ def base_config() -> ml_collections.ConfigDict:
         w_first=1e-4,  # w_1: small, B_1's trajectories start from the initialisation (sec. 2.3)
         w_rest=1e-3,  # w_i, i > 1
         lr=0.005,  # B_i>1 learning rate
+    )
+    # Architectural strategies. Values: sweeps on split digits (SIT; scripts/sweep_ar1.py;
+    # BUILD_NOTES.md "Architectural strategies"). B_i>1 of CWR/CWR+ train the head alone (cheap).
+    # CWR (Alg. 1): tw re-initialised N(0, init_std²) per batch; cw[j] = w_i·tw[j] (w_1 = w_first).
+    c.cwr = strategy_section(w_first=1.0, w_rest=1.0, init_std=0.01, epochs=20, lr=0.02)
+    # CWR+ (Alg. 2): zero init, mean-shift; avg: 'batch' (authors' code) | 'all' (every head weight).
+    c.cwr_plus = strategy_section(avg="batch", epochs=20, lr=0.02)
+    # AR1 (Alg. 3): CWR+ head, Θ̄ trained on every batch under SI (eq. 10-11) restricted to Θ̄.
+    c.ar1 = strategy_section(
+        strength=5e4,  # λ = 1/(η·max_F): the largest stable value (eq. 7)
+        max_f=1e-3,  # max_F (Tables 4-5: 0.001)
+        xi=1e-3,  # ξ
+        w_first=2e-2,  # w_1 (Table 4: 0.0015; larger here: B_1's features are the ones to keep)
+        w_rest=2e-2,  # w_i, i > 1 (Table 4: 0.0015)
+        avg="batch",  # mean-shift average, as cwr_plus.avg
+        epochs=20,  # B_i>1, as CWR+
+        lr=0.02,  # B_i>1 learning rate, as CWR+
     )
     return c
 
@@ -242,6 +259,7 @@ def validate(config) -> None:
             if field in hp:
                 _positive_int(hp[field], f"{name}.{field}")
     _validate_regularization(config, names)
+    _validate_architectural(config, names)
 
 
 def _interval(value, field: str) -> None:
@@ -264,3 +282,11 @@ def _validate_regularization(config, names: list[str]) -> None:
             config.ewc.fisher in ("per_example", "minibatch"),
             f"ewc.fisher={config.ewc.fisher!r} is unknown; allowed: per_example, minibatch",
         )
+
+
+def _validate_architectural(config, names: list[str]) -> None:
+    """CWR+/AR1 choices (section 3); numeric fields are checked by ``HPARAM_BOUNDS``."""
+    for name in ("cwr_plus", "ar1"):
+        if name in names:
+            avg = config[name].avg
+            _check(avg in ("batch", "all"), f"{name}.avg={avg!r} is unknown; allowed: batch, all")

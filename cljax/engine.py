@@ -208,6 +208,20 @@ def predict(apply_fn, params: Params, x: jax.Array, mask_table_KxC, mask_index, 
     return preds.reshape(-1)[:n]
 
 
+@functools.partial(jax.jit, static_argnames=("apply_fn", "chunk"))
+def features(apply_fn, params: Params, x: jax.Array, chunk: int = 1000) -> jax.Array:
+    """Penultimate activations ``apply_fn(params, x, method="features")`` in inference mode,
+    ``chunk`` examples at a time: the inputs of a head-only fit (``Strategy.trains_body``)."""
+    n = x.shape[0]
+    padded = -(-n // chunk) * chunk
+    x = jnp.concatenate([x, jnp.zeros((padded - n,) + x.shape[1:], x.dtype)])
+    feats = jax.lax.map(
+        lambda x_chunk: apply_fn(params, x_chunk, train=False, method="features"),
+        x.reshape((-1, chunk) + x.shape[1:]),
+    )
+    return feats.reshape((padded,) + feats.shape[2:])[:n]
+
+
 def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
     """[true class, predicted class] counts (int64)."""
     chex.assert_equal_shape([labels, preds])

@@ -18,14 +18,16 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from cljax import checkpoint, diagnostics, engine, metrics, monitor
 from cljax.config import ConfigError, strategy_hparams, strategy_names, validate
 from cljax.files import write_json_atomic  # noqa: F401  (re-exported: the results writer)
-from cljax.models import build_model
+from cljax.models import HEAD, build_model
 from cljax.scenarios import DataError, Dataset, Scenario, build_scenario, load_dataset, nc_capacity
 from cljax.strategies import BatchContext, Strategy, make_strategy
 
@@ -83,6 +85,13 @@ class Heads:
         return np.where(task < 0, self.scenario.num_batches, task).astype(np.int32)
 
 
+def apply_head(params, features_BxD: jax.Array, train: bool = False, rngs=None) -> jax.Array:
+    """The classifier layer alone, on penultimate features: the model of a head-only fit."""
+    del train, rngs  # the head has no dropout
+    head = params["params"][HEAD]
+    return nn.Dense(head["kernel"].shape[-1]).apply({"params": head}, features_BxD)
+
+
 def head_kind(config, hp, strategy: Strategy) -> str:
     if config.setting == "mt":
         return "multi"
@@ -112,6 +121,7 @@ class Trainer:
     fit: Callable
     capacity: int
     progress: monitor.ProgressDisplay | None = None  # steps done / total during each fit
+    head_fit: Callable | None = None  # head-only fit for batches with ``strategy.trains_body(i)`` False
 
     @classmethod
     def build(cls, config, name: str, dataset: Dataset, progress: monitor.ProgressDisplay | None = None) -> Trainer:
@@ -119,11 +129,11 @@ class Trainer:
         strategy = make_strategy(name, hp)
         model = build_model(config, dataset.num_classes)
         tx = strategy.transform(engine.make_optimizer(hp.optimizer, hp.momentum))
-        fit = engine.make_fit(
-            model.apply, tx, strategy.loss, hp.batch_size, progress=progress.update if progress is not None else None
-        )
+        on_steps = progress.update if progress is not None else None
+        fit = engine.make_fit(model.apply, tx, strategy.loss, hp.batch_size, progress=on_steps)
+        head_fit = engine.make_fit(apply_head, tx, strategy.loss, hp.batch_size, progress=on_steps)
         capacity = data_capacity(dataset, config, strategy.cumulative_data)
-        return cls(name, config, hp, strategy, model, tx, fit, capacity, progress)
+        return cls(name, config, hp, strategy, model, tx, fit, capacity, progress=progress, head_fit=head_fit)
 
     def init_state(self, key: jax.Array, input_shape) -> engine.TrainState:
         params = self.model.init({"params": key}, jnp.zeros((1,) + tuple(input_shape), jnp.float32))
@@ -137,6 +147,27 @@ class Trainer:
         if heads.kind == "multi":  # each example trains its own task's head (Cumulative mixes tasks)
             data["mask_index"] = engine.pad_to(heads.task_index(y), self.capacity)
         return jax.device_put(data), len(y)
+
+    def fit_batch(self, state: engine.TrainState, data, num_examples, epochs, logit_mask, key, index: int):
+        """Trains B_index: the whole model, or, when ``strategy.trains_body(index)`` is False (CWR,
+        CWR+ after B_1), the head alone on features computed once with Θ̄ frozen.
+
+        The head-only fit is a second compiled ``fit`` whose params are ``{'params': {'head': ...}}``:
+        Θ̄ is neither differentiated nor updated, so it stays bitwise unchanged whatever the
+        optimizer. Its optimizer state starts fresh each batch (the head is re-initialised anyway).
+        """
+        if self.strategy.trains_body(index):
+            return self.fit(state, data, num_examples, epochs, logit_mask, key)
+        chunk = min(self.config.eval_batch_size, self.capacity)
+        feats = engine.features(self.model.apply, state.params, data["x"], chunk=chunk)
+        head_params = {"params": {HEAD: state.params["params"][HEAD]}}
+        opt_state = engine.set_learning_rate(
+            self.tx.init(head_params), optax.tree.get(state.opt_state, "learning_rate")
+        )
+        head_state = engine.TrainState(head_params, opt_state, state.strategy_state)
+        head_state, fit_metrics = self.head_fit(head_state, {**data, "x": feats}, num_examples, epochs, logit_mask, key)
+        params = {**state.params, "params": {**state.params["params"], HEAD: head_state.params["params"][HEAD]}}
+        return state._replace(params=params, strategy_state=head_state.strategy_state), fit_metrics
 
     def start_stream(self, scenario: Scenario, run: int, key: jax.Array) -> StreamState:
         """A run before its first batch: initial weights from ``key``, an empty record."""
@@ -216,7 +247,7 @@ class Trainer:
             epochs = self.hp.epochs_first if first else self.hp.epochs
             if self.progress is not None:
                 self.progress.begin(f"{self.name:<11} run {run} batch {i + 1}/{scenario.num_batches}")
-            state, fit_metrics = self.fit(state, data, num_examples, epochs, fit_mask, fit_key)
+            state, fit_metrics = self.fit_batch(state, data, num_examples, epochs, fit_mask, fit_key, i)
             bad_step = int(fit_metrics.nonfinite_step)
             if bad_step >= 0:
                 record["diverged"] = {"batch": i, "step": bad_step, "reason": "loss or gradient not finite"}

@@ -23,4 +23,8 @@ def get_config():
     c.lwf.update(map_from=(0.66, 0.9), map_to=(0.6, 0.9), lr=0.01)
     c.ewc.update(strength=2e6, max_f=1e-4, lr=0.005, epochs=1)  # λ = 1/(η·max_F)
     c.si.update(strength=2e5, max_f=1e-3, w_first=1e-3, w_rest=1e-2, lr=0.005, epochs=1)  # λ = 1/(η·max_F)
+    # CWR, CWR+, AR1: B_i>1 epochs tuned on run 0 (BUILD_NOTES.md "Architectural strategies").
+    c.cwr.epochs = 1
+    c.cwr_plus.epochs = 2
+    c.ar1.epochs = 2
     return c

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from cljax.strategies.ar1 import ar1
 from cljax.strategies.base import BatchContext, Strategy
 from cljax.strategies.cumulative import cumulative
+from cljax.strategies.cwr import cwr
+from cljax.strategies.cwr_plus import cwr_plus
 from cljax.strategies.ewc import ewc
 from cljax.strategies.lwf import lwf
 from cljax.strategies.naive import naive
@@ -17,6 +20,9 @@ STRATEGIES: dict[str, Callable[..., Strategy]] = {
     "lwf": lwf,
     "ewc": ewc,
     "si": si,
+    "cwr": cwr,
+    "cwr_plus": cwr_plus,
+    "ar1": ar1,
 }
 
 

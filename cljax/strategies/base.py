@@ -12,7 +12,11 @@ A continual-learning strategy is fully described by
 - ``loss(logits, minibatch, strategy_state)``: per-example task loss;
 - ``eval_params(state)``: the parameters evaluation uses (CWR: Θ̄ with cw);
 - ``importance(state)`` (optional, EWC/SI/AR1): ``{"F": raw importance, "F_hat":
-  clipped importance, "max_f": clip value}`` for diagnostics (paper Fig. 4-5).
+  clipped importance, "max_f": clip value}`` for diagnostics (paper Fig. 4-5);
+- ``trains_body(i)`` (static, default always True): False when batch B_i trains the head
+  alone with the shared weights Θ̄ frozen (CWR, CWR+ after B_1); the Trainer then computes the
+  penultimate features once and fits only the head, so Θ̄ stays bitwise unchanged and no
+  gradient is computed for it.
 
 Every hook keeps the shapes and dtypes of every leaf, so the compiled training
 step is reused by every batch of the stream.
@@ -70,3 +74,4 @@ class Strategy:
     default_head: str = "maximal"  # App. A: maximal for all but LwF (expanding)
     cumulative_data: bool = False  # train on B_1 ∪ ... ∪ B_i instead of B_i
     restart_each_batch: bool = False  # start every batch from the run's initial weights and a fresh optimizer
+    trains_body: Callable[[int], bool] = lambda index: True  # False: B_index trains the head only

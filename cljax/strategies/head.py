@@ -1,0 +1,101 @@
+"""The consolidated head shared by CWR, CWR+ and AR1 (paper section 3, Algorithms 1-3).
+
+The classifier layer ``head`` holds ``{'kernel': [D, C], 'bias': [C]}``; class j's weights are
+``kernel[:, j]`` (and ``bias[j]``). During training the model's head is the *temporary* head tw;
+the strategy state keeps the *consolidated* head cw (zeros before B_1, Alg. 1-3 line 1) and, per
+class, the number of training examples consolidated so far. Evaluation uses Θ̄ with cw.
+
+Everything here is a pure, jit-compiled function that keeps every leaf's shape and dtype, and
+which classes a batch holds is data (a count vector), never a Python value: one compilation
+serves every batch of every run.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from cljax.models import HEAD
+
+Params = Any
+
+
+class HeadState(NamedTuple):
+    """Consolidated head cw and the training examples per class it was consolidated from."""
+
+    cw: Params  # {'kernel': [D, C], 'bias': [C]}, zeros before B_1
+    past_counts: jax.Array  # [C] float32: examples of class j in the batches consolidated so far
+
+
+def head_of(params: Params) -> Params:
+    """The classifier layer's parameters ``{'kernel', 'bias'}``."""
+    return params["params"][HEAD]
+
+
+def with_head(params: Params, head: Params) -> Params:
+    """``params`` with the classifier layer replaced by ``head`` (a new tree; Θ̄ leaves shared)."""
+    return {**params, "params": {**params["params"], HEAD: head}}
+
+
+def init_head_state(params: Params) -> HeadState:
+    """cw = 0 (Alg. 1-3, line 1), no class consolidated yet."""
+    head = head_of(params)
+    return HeadState(
+        cw=jax.tree.map(jnp.zeros_like, head),
+        past_counts=jnp.zeros(head["bias"].shape, jnp.float32),
+    )
+
+
+def is_head_bias(params: Params) -> Params:
+    """Mask (``optax.masked``) that is True only at ``head/bias``; works on full or head-only trees."""
+
+    def select(path, _leaf) -> bool:
+        keys = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
+        return keys[-2:] == [HEAD, "bias"]
+
+    return jax.tree_util.tree_map_with_path(select, params)
+
+
+def freeze_head_bias(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    """``tx`` whose updates to the head bias are zero (learning rate 0 on it, as in the authors' code).
+
+    Mean-shift (CWR+, AR1) normalises the class weights only; a trained bias would carry the
+    per-batch offsets that the mean-shift cannot remove, and cw's bias (zero) could not hold them.
+    """
+    return optax.chain(tx, optax.masked(optax.set_to_zero(), is_head_bias))
+
+
+@jax.jit
+def class_counts(y: jax.Array, num_examples: jax.Array, template_C: jax.Array) -> jax.Array:
+    """[C] float32: training examples of each class among the first ``num_examples`` rows of ``y``."""
+    valid = (jnp.arange(y.shape[0]) < num_examples).astype(jnp.float32)
+    return jnp.zeros(template_C.shape, jnp.float32).at[y].add(valid)
+
+
+@jax.jit
+def consolidate(state: HeadState, new: Params, counts_C: jax.Array) -> HeadState:
+    """Writes the batch's class weights ``new`` into cw (Alg. 1 line 10, Alg. 2 line 10).
+
+    Only classes present in the batch (``counts_C[j] > 0``) change; every other column of cw
+    stays exactly as it was (never-seen classes stay exactly zero). A class consolidated in an
+    earlier batch (NI/NIC content) keeps its past weights through the authors' weighted update
+    (CWR*/AR1* code): cw[j] = (cw[j]·w_past + new_j) / (w_past + 1), w_past = sqrt(past_j / cur_j).
+    """
+    present = counts_C > 0
+    seen_before = state.past_counts > 0
+    w_past = jnp.sqrt(state.past_counts / jnp.maximum(counts_C, 1.0))
+
+    def column_update(cw, new_leaf):  # class axis is the last axis of kernel and bias
+        blended = jnp.where(seen_before, (cw * w_past + new_leaf) / (w_past + 1.0), new_leaf)
+        return jnp.where(present, blended, cw).astype(cw.dtype)
+
+    cw = jax.tree.map(column_update, state.cw, new)
+    return HeadState(cw, (state.past_counts + counts_C).astype(state.past_counts.dtype))
+
+
+def batch_counts(state_counts: jax.Array, data: dict[str, jax.Array], num_examples: int) -> jax.Array:
+    """Per-class example counts of the batch being trained (shape of ``state_counts``)."""
+    return class_counts(data["y"], jnp.int32(num_examples), state_counts)
