@@ -10,6 +10,7 @@ learning rates): ``strategy_hparams(config, name)`` merges the two.
 from __future__ import annotations
 
 import math
+import os
 
 import ml_collections
 from ml_collections import config_dict
@@ -66,8 +67,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.image_size = 0  # resize images to image_size x image_size on load (e.g. 32, 64); 0 = native 128
     c.test_set = "full"  # full (sessions 3, 7, 10) | reduced (the official every-20th-frame list)
     # Model.
-    c.model = "mlp"  # mlp | cifarnet
+    c.model = "mlp"  # mlp | cifarnet | caffenet | googlenet | nin
     c.hidden_sizes = (400, 400)  # MLP hidden layers
+    c.lrn = True  # CaffeNet/GoogLeNet: Caffe's local response normalisation (False for torchvision weights)
+    c.aux_loss_weight = 0.3  # GoogLeNet: weight of each auxiliary classifier's loss (Caffe 0.3; 0 = off)
+    c.init_checkpoint = ""  # orbax checkpoint of initial params (scripts/pretrain.py, import_torch); "" = random
     # Experiment.
     c.strategies = "naive,cumulative,lwf,ewc,si,cwr,cwr_plus,ar1"  # comma-separated strategy names, run in this order
     c.num_runs = 3  # runs with different class orders (run 0: natural order)
@@ -233,6 +237,18 @@ def validate(config) -> None:
         f"hidden_sizes={tuple(config.hidden_sizes)!r} is invalid; it must be a non-empty list of positive integers",
     )
     _positive_int(config.eval_batch_size, "eval_batch_size")
+    _check(isinstance(config.lrn, bool), f"lrn={config.lrn!r} is invalid; it must be True or False")
+    _check(
+        isinstance(config.aux_loss_weight, int | float)
+        and math.isfinite(config.aux_loss_weight)
+        and config.aux_loss_weight >= 0,
+        f"aux_loss_weight={config.aux_loss_weight!r} is invalid; it must be a finite number >= 0",
+    )
+    _check(
+        config.init_checkpoint == "" or os.path.isdir(config.init_checkpoint),
+        f"init_checkpoint={config.init_checkpoint!r} is not a directory; give an orbax checkpoint directory "
+        "(scripts/pretrain.py, python -m cljax.models.import_torch) or '' for random initialisation",
+    )
     for name in names:
         hp = strategy_hparams(config, name)
         section = config.get(name) or {}

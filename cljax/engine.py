@@ -50,6 +50,19 @@ def mask_logits(logits_BxC: jax.Array, mask_C: jax.Array) -> jax.Array:
     return jnp.where(mask_C, logits_BxC, MASKED_LOGIT)
 
 
+def split_outputs(outputs: Any) -> tuple[jax.Array, tuple[tuple[float, jax.Array], ...]]:
+    """A model's training output as (logits, ((weight, aux_logits), ...)).
+
+    Models with auxiliary classifiers (GoogLeNet) return that pair when called
+    with ``train=True``; every other model returns the logits alone (no
+    auxiliary outputs). Evaluation calls (``train=False``) always return logits.
+    """
+    if isinstance(outputs, tuple):
+        logits, aux = outputs
+        return logits, tuple(aux)
+    return outputs, ()
+
+
 def cross_entropy(logits_BxC: jax.Array, batch: dict[str, jax.Array], strategy_state: Any) -> jax.Array:
     """Per-example softmax cross-entropy with integer labels (the default task loss)."""
     del strategy_state
@@ -95,6 +108,10 @@ def make_fit(
 ) -> Callable[..., tuple[TrainState, FitMetrics]]:
     """Builds ``fit(state, data, num_examples, epochs, logit_mask, key)``, jit-compiled.
 
+    ``apply_fn(params, x, train=True, rngs=...)`` returns logits, or
+    ``(logits, ((weight, aux_logits), ...))`` for a model with auxiliary
+    classifiers: the loss is then ``loss_fn`` on the logits plus ``weight``
+    times ``loss_fn`` on each auxiliary output (``split_outputs``).
     ``data`` is a dict of arrays sharing a padded leading axis (``x``, ``y`` and
     whatever per-example arrays the strategy's loss reads, e.g. LwF soft
     targets); only the first ``num_examples`` rows are real. ``logit_mask`` is
@@ -127,10 +144,14 @@ def make_fit(
 
     def train_step(state: TrainState, mini: dict[str, jax.Array], weights_B, logit_mask, key):
         def objective(params):
-            logits = apply_fn(params, mini["x"], train=True, rngs={"dropout": key})
+            outputs = apply_fn(params, mini["x"], train=True, rngs={"dropout": key})
+            logits, aux = split_outputs(outputs)
             # A [K, C] mask is a table of heads, one row per example via data["mask_index"] (MT).
             mask = logit_mask[mini["mask_index"]] if logit_mask.ndim == 2 else logit_mask
             per_example = loss_fn(mask_logits(logits, mask), mini, state.strategy_state)
+            # Auxiliary classifiers (GoogLeNet loss1/loss2): the same per-example loss, weighted.
+            for weight, aux_logits in aux:
+                per_example = per_example + weight * loss_fn(mask_logits(aux_logits, mask), mini, state.strategy_state)
             return jnp.sum(per_example * weights_B) / jnp.maximum(jnp.sum(weights_B), 1.0)
 
         loss, grads = jax.value_and_grad(objective)(state.params)
