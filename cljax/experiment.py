@@ -28,6 +28,7 @@ from cljax import checkpoint, diagnostics, engine, metrics, monitor
 from cljax.config import ConfigError, strategy_hparams, strategy_names, validate
 from cljax.files import write_json_atomic  # noqa: F401  (re-exported: the results writer)
 from cljax.models import HEAD, build_model
+from cljax.models.pretrained import merge_pretrained, restore_params
 from cljax.scenarios import DataError, Dataset, Scenario, build_scenario, load_dataset, nc_capacity
 from cljax.strategies import BatchContext, Strategy, make_strategy
 
@@ -122,6 +123,7 @@ class Trainer:
     capacity: int
     progress: monitor.ProgressDisplay | None = None  # steps done / total during each fit
     head_fit: Callable | None = None  # head-only fit for batches with ``strategy.trains_body(i)`` False
+    pretrained: Any = None  # initial params read from config.init_checkpoint (None: random init)
 
     @classmethod
     def build(cls, config, name: str, dataset: Dataset, progress: monitor.ProgressDisplay | None = None) -> Trainer:
@@ -133,10 +135,19 @@ class Trainer:
         fit = engine.make_fit(model.apply, tx, strategy.loss, hp.batch_size, progress=on_steps)
         head_fit = engine.make_fit(apply_head, tx, strategy.loss, hp.batch_size, progress=on_steps)
         capacity = data_capacity(dataset, config, strategy.cumulative_data)
-        return cls(name, config, hp, strategy, model, tx, fit, capacity, progress=progress, head_fit=head_fit)
+        trainer = cls(name, config, hp, strategy, model, tx, fit, capacity, progress=progress, head_fit=head_fit)
+        if config.init_checkpoint:
+            trainer.pretrained = restore_params(config.init_checkpoint)
+            # Checks the checkpoint against the model's shapes now (ConfigError), before any training.
+            x = jnp.zeros((1,) + tuple(dataset.input_shape), jnp.float32)
+            shapes = jax.eval_shape(lambda key: model.init({"params": key}, x), jax.random.key(0))
+            merge_pretrained(shapes, trainer.pretrained)
+        return trainer
 
     def init_state(self, key: jax.Array, input_shape) -> engine.TrainState:
         params = self.model.init({"params": key}, jnp.zeros((1,) + tuple(input_shape), jnp.float32))
+        if self.pretrained is not None:  # config.init_checkpoint; a head of another size stays fresh
+            params = merge_pretrained(params, self.pretrained)
         return engine.TrainState(params, self.tx.init(params), self.strategy.init(params))
 
     def training_arrays(self, scenario: Scenario, i: int, heads: Heads) -> tuple[dict[str, jax.Array], int]:
