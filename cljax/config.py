@@ -50,6 +50,14 @@ def strategy_section(**hparams) -> ml_collections.ConfigDict:
     return section
 
 
+def update_section(config: ml_collections.ConfigDict, name: str, **values) -> None:
+    """Sets fields of strategy section ``config.<name>``, creating it with ``strategy_section()`` if absent."""
+    if name not in config:
+        config[name] = strategy_section()
+    for field, value in values.items():
+        config[name][field] = value
+
+
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     # Data and scenario.
