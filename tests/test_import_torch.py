@@ -53,8 +53,8 @@ def random_state_dict(num_classes: int, seed: int = 0) -> dict[str, torch.Tensor
         basic(f"{aux}.conv", c_in, 128, 1)
         sd[f"{aux}.fc1.weight"] = rng.normal(0, 0.02, (1024, 2048))
         sd[f"{aux}.fc1.bias"] = np.zeros(1024)
-        sd[f"{aux}.fc2.weight"] = rng.normal(0, 0.02, (1000, 1024))
-        sd[f"{aux}.fc2.bias"] = np.zeros(1000)
+        sd[f"{aux}.fc2.weight"] = rng.normal(0, 0.02, (num_classes, 1024))
+        sd[f"{aux}.fc2.bias"] = np.zeros(num_classes)
     sd["fc.weight"] = rng.normal(0, 1 / 32, (num_classes, 1024))
     sd["fc.bias"] = rng.normal(0, 0.1, num_classes)
     return {k: torch.tensor(v, dtype=torch.int64 if k.endswith("tracked") else torch.float32) for k, v in sd.items()}
@@ -131,7 +131,8 @@ def test_imported_googlenet_matches_torch_reference(tmp_path):
     assert not ring.any() and body["inception_4a"]["5x5"]["kernel"].shape == (5, 5, 16, 48)
 
     apply = jax.jit(lambda p, x: model.apply(p, x, train=True, rngs={"dropout": jax.random.key(0)}))
-    logits, aux = apply(params, jnp.asarray(x))
+    with jax.default_matmul_precision("float32"):  # full precision on GPUs too (no TF32)
+        logits, aux = apply(params, jnp.asarray(x))
     aux_classifiers = [
         (
             torch.tensor(np.asarray(body[a]["classifier"]["kernel"])),

@@ -179,8 +179,8 @@ def test_nin_uses_the_caffenet_column_and_all_runs_every_strategy():
 def test_core50_scenario_fields():
     config = load_config("core50_nc", "ar1,googlenet")
     assert (config.dataset, config.scenario, config.labels, config.test_set) == ("core50", "nc", "object", "full")
-    assert (config.first_batch_classes, config.classes_per_batch, config.num_runs) == (10, 5, 10)
-    assert config.image_size == 128 and config.batch_size == 64  # Table 2: GoogLeNet mini-batches of 64
+    assert config.num_runs == 10 and config.image_size == 0  # native 128x128
+    assert config.batch_size == 64  # Table 2: GoogLeNet mini-batches of 64
     assert config.ewc.fisher == "minibatch" and config.ewc.fisher_batch_size == 256  # App. A
 
 
@@ -199,16 +199,10 @@ def test_table_5_every_cell_in_cifar_configs(name, arg):
 
 def test_cifar_scenario_fields():
     icifar = load_config("icifar100", "ar1")
-    assert (icifar.dataset, icifar.classes_per_batch, icifar.num_runs) == ("icifar100", 10, 10)
+    assert (icifar.dataset, icifar.num_runs) == ("icifar100", 10)
     assert icifar.init_checkpoint == "runs/cifarnet_cifar10"  # CIFAR-10 pre-training (sec. 4.3)
     split = load_config("cifar_split", "lwf,mt")
-    assert (split.dataset, split.setting, split.first_batch_classes, split.classes_per_batch, split.num_batches) == (
-        "cifar_split",
-        "mt",
-        10,
-        10,
-        6,
-    )
+    assert (split.dataset, split.setting, split.num_batches) == ("cifar_split", "mt", 6)
     assert split.init_checkpoint == ""
 
 

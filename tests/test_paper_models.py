@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -17,7 +18,7 @@ import pytest
 
 from cljax.models import MODELS, build_model
 from cljax.models.googlenet import GoogLeNet
-from cljax.models.layers import caffe_output_size, caffe_pool, local_response_norm
+from cljax.models.layers import GroupedConv, caffe_output_size, caffe_pool, local_response_norm
 
 NUM_CLASSES = 50
 X128 = jax.ShapeDtypeStruct((2, 128, 128, 3), jnp.float32)
@@ -339,3 +340,15 @@ def test_caffe_output_size_rounds_up():
     assert caffe_output_size(59, 3, 2, 0) == 29
     with pytest.raises(ValueError, match="too small"):
         caffe_output_size(3, 6, 3, 0)
+
+
+def test_grouped_conv_equals_flax_grouped_conv():
+    """Same params, same outputs as nn.Conv(feature_group_count=2) (Caffe group=2)."""
+    x = jax.random.normal(jax.random.key(0), (2, 9, 9, 6))
+    grouped = GroupedConv(8, 3, groups=2, padding=1)
+    params = grouped.init(jax.random.key(1), x)
+    assert params["params"]["kernel"].shape == (3, 3, 3, 8)
+    params = jax.tree.map(lambda p: p + 0.1, params)  # a non-zero bias too
+    reference = nn.Conv(8, (3, 3), padding=((1, 1), (1, 1)), feature_group_count=2)
+    with jax.default_matmul_precision("float32"):
+        np.testing.assert_allclose(grouped.apply(params, x), reference.apply(params, x), rtol=1e-5, atol=1e-5)

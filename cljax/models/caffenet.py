@@ -11,7 +11,8 @@ fc6 and fc7 4096 -> 2048 neurons, fc8 (the ``head``) 1000 -> 50 outputs. With a
 
 so fc6 sees the same 6x6x256 map as the 227x227 original. CaffeNet differs
 from AlexNet by pooling before normalising. conv2, conv4 and conv5 keep
-Caffe's two filter groups, so ImageNet weights of the reference model fit.
+Caffe's two filter groups (``GroupedConv``), so ImageNet weights of the
+reference model fit.
 Dropout 0.5 follows fc6 and fc7 (Caffe drop6/drop7).
 """
 
@@ -20,7 +21,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cljax.models.layers import caffe_pool, local_response_norm
+from cljax.models.layers import GroupedConv, caffe_pool, local_response_norm
 
 
 class CaffeNetBody(nn.Module):
@@ -30,26 +31,20 @@ class CaffeNetBody(nn.Module):
 
     @nn.compact
     def __call__(self, x_BxHxWxC: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-        def conv(h, features, kernel, stride=1, pad=0, groups=1, name=""):
-            return nn.relu(
-                nn.Conv(
-                    features,
-                    (kernel, kernel),
-                    strides=(stride, stride),
-                    padding=((pad, pad), (pad, pad)),
-                    feature_group_count=groups,
-                    name=name,
-                )(h)
-            )
+        def conv(h, features, kernel, name, stride=1, pad=0, groups=1):
+            if groups > 1:
+                return nn.relu(GroupedConv(features, kernel, groups, pad, name=name)(h))
+            padding = ((pad, pad), (pad, pad))
+            return nn.relu(nn.Conv(features, (kernel, kernel), (stride, stride), padding, name=name)(h))
 
         norm = local_response_norm if self.lrn else (lambda h: h)
-        h = conv(x_BxHxWxC, 96, 11, stride=2, name="conv1")
+        h = conv(x_BxHxWxC, 96, 11, "conv1", stride=2)
         h = norm(caffe_pool(h, "max", 3, 2))
-        h = conv(h, 256, 5, pad=1, groups=2, name="conv2")
+        h = conv(h, 256, 5, "conv2", pad=1, groups=2)
         h = norm(caffe_pool(h, "max", 3, 2))
-        h = conv(h, 384, 3, pad=1, name="conv3")
-        h = conv(h, 384, 3, pad=1, groups=2, name="conv4")
-        h = conv(h, 256, 3, pad=1, groups=2, name="conv5")
+        h = conv(h, 384, 3, "conv3", pad=1)
+        h = conv(h, 384, 3, "conv4", pad=1, groups=2)
+        h = conv(h, 256, 3, "conv5", pad=1, groups=2)
         h = caffe_pool(h, "max", 3, 2)
         h = h.reshape((h.shape[0], -1))
         for name in ("fc6", "fc7"):
