@@ -9,14 +9,18 @@ mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
 nvidia-smi -L | tee "$out/device.txt"
 python3 -c "import jax; print(jax.__version__, jax.devices())" | tee -a "$out/device.txt"
-python3 -m pytest -q -x -p no:cacheprovider tests/test_engine.py tests/test_baselines.py tests/test_transforms.py \
-  tests/test_cwr.py tests/test_ar1.py 2>&1 | tail -15 | tee "$out/tests.txt"
+python3 -m pytest -q -p no:cacheprovider tests/test_engine.py tests/test_baselines.py tests/test_transforms.py \
+  tests/test_architectural.py tests/test_regularization_stream.py 2>&1 | tail -15 | tee "$out/tests.txt"
 bench() { python3 scripts/benchmark.py "$@" 2>/dev/null | tail -1 | tee -a "$out/bench.jsonl"; }
 bench --model=mlp --input_shape=28,28,1 --examples=12000 --batch_size=32
 bench --model=cifarnet --input_shape=32,32,3 --examples=5000 --batch_size=128 --epochs=2
-bench --model=caffenet --input_shape=128,128,3 --examples=2400 --batch_size=256 --classes=50
-bench --model=googlenet --input_shape=128,128,3 --examples=2400 --batch_size=64 --classes=50
-bench --model=nin --input_shape=128,128,3 --examples=2400 --batch_size=256 --classes=50
+# CORe50-sized models (128x128): pass --paper_models to include them (GoogLeNet's compile is slow).
+if [ "${2:-}" = "--paper_models" ]; then
+  bench --model=caffenet --input_shape=128,128,3 --examples=2400 --batch_size=256 --classes=50
+  bench --model=googlenet --input_shape=128,128,3 --examples=2400 --batch_size=64 --classes=50
+  bench --model=nin --input_shape=128,128,3 --examples=2400 --batch_size=256 --classes=50
+fi
 start=$(date +%s.%N)
 python3 -m cljax.main --workdir=/tmp/gpu_default > "$out/default_job.txt" 2>&1
-echo "default job wall seconds: $(echo "$(date +%s.%N) - $start" | bc)" | tee -a "$out/default_job.txt"
+python3 -c "import sys, time; print(f'default job wall seconds: {time.time() - float(sys.argv[1]):.1f}')" "$start" \
+  | tee -a "$out/default_job.txt"
