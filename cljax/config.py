@@ -93,6 +93,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer = "sgd"  # sgd | adam
     c.momentum = 0.0
     c.head = "default"  # default (the strategy's, App. A) | maximal | expanding
+    c.step_loop = "auto"  # auto | device (one compiled loop per batch) | host (a jitted call per step)
     c.eval_batch_size = 1000  # test examples per evaluation chunk
     # Workdir: rerunning the same command resumes from the last completed batch (cljax/checkpoint.py).
     c.overwrite = False  # True: discard the workdir's checkpoints and results.json and start again
@@ -245,6 +246,10 @@ def validate(config) -> None:
         f"hidden_sizes={tuple(config.hidden_sizes)!r} is invalid; it must be a non-empty list of positive integers",
     )
     _positive_int(config.eval_batch_size, "eval_batch_size")
+    _check(
+        config.step_loop in ("auto", "device", "host"),
+        f"step_loop={config.step_loop!r} is unknown; allowed: auto, device, host",
+    )
     _check(isinstance(config.lrn, bool), f"lrn={config.lrn!r} is invalid; it must be True or False")
     _check(
         isinstance(config.aux_loss_weight, int | float)

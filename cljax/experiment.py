@@ -109,6 +109,19 @@ class StreamState:
     next_batch: int  # 0-based index of the first batch still to train
 
 
+def step_loop(choice: str, model, input_shape) -> str:
+    """``auto``: the step loop on the host for convolutional models on CPU (XLA:CPU runs
+    convolutions inside a compiled while loop many times slower, jax-ml/jax#12868), else
+    inside the compiled program."""
+    if choice != "auto":
+        return choice
+    if jax.default_backend() != "cpu":
+        return "device"
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1,) + tuple(input_shape))))
+    has_conv = any(leaf.ndim == 4 for leaf in jax.tree.leaves(shapes))  # conv kernels are HWIO
+    return "host" if has_conv else "device"
+
+
 @dataclasses.dataclass
 class Trainer:
     """What one strategy needs for all its runs: model, transformation, compiled fit."""
@@ -132,7 +145,8 @@ class Trainer:
         model = build_model(config, dataset.num_classes)
         tx = strategy.transform(engine.make_optimizer(hp.optimizer, hp.momentum))
         on_steps = progress.update if progress is not None else None
-        fit = engine.make_fit(model.apply, tx, strategy.loss, hp.batch_size, progress=on_steps)
+        loop = step_loop(config.step_loop, model, dataset.input_shape)
+        fit = engine.make_fit(model.apply, tx, strategy.loss, hp.batch_size, progress=on_steps, loop=loop)
         head_fit = engine.make_fit(apply_head, tx, strategy.loss, hp.batch_size, progress=on_steps)
         capacity = data_capacity(dataset, config, strategy.cumulative_data)
         trainer = cls(name, config, hp, strategy, model, tx, fit, capacity, progress=progress, head_fit=head_fit)

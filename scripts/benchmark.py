@@ -31,6 +31,9 @@ _BATCH = flags.DEFINE_integer("batch_size", 32, "mini-batch size")
 _EPOCHS = flags.DEFINE_integer("epochs", 1, "epochs per timed call")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "timed calls after the compiling one")
 _CLASSES = flags.DEFINE_integer("classes", 10, "head size")
+_LOOP = flags.DEFINE_enum(
+    "loop", "device", ["device", "host"], "step loop: compiled (device) or a jitted call per step"
+)
 
 
 def main(argv):
@@ -40,7 +43,7 @@ def main(argv):
     shape = tuple(int(s) for s in _SHAPE.value)
     model = build_model(config, _CLASSES.value)
     tx = engine.make_optimizer("sgd", 0.9)
-    fit = engine.make_fit(model.apply, tx, engine.cross_entropy, _BATCH.value)
+    fit = engine.make_fit(model.apply, tx, engine.cross_entropy, _BATCH.value, loop=_LOOP.value)
     rng = np.random.default_rng(0)
     data = jax.device_put(
         {
@@ -70,6 +73,7 @@ def main(argv):
                 "device": str(jax.devices()[0].device_kind),
                 "backend": jax.default_backend(),
                 "model": _MODEL.value,
+                "loop": _LOOP.value,
                 "input_shape": shape,
                 "examples": _EXAMPLES.value,
                 "batch_size": _BATCH.value,

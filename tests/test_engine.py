@@ -143,3 +143,44 @@ def test_confusion_matrix_matches_a_loop():
 def test_default_strategy_record_is_plain_fine_tuning():
     s = Strategy(name="x")
     assert s.default_head == "maximal" and not s.cumulative_data and s.importance is None
+
+
+def test_host_step_loop_trains_like_the_compiled_loop_and_compiles_once():
+    """loop="host" (for convolutions on CPU) runs the same steps, with the same shuffles and
+    keys, from Python: same parameters (to float tolerance), same metrics, one compilation."""
+    x, y = blobs()
+    model = Classifier(MLPBody((32,)), 4)
+    tx = engine.make_optimizer("sgd", 0.9)
+    device_fit = engine.make_fit(model.apply, tx, engine.cross_entropy, 16)
+    calls = []
+    host_fit = engine.make_fit(
+        model.apply, tx, engine.cross_entropy, 16, loop="host", progress=lambda d, t: calls.append((d, t))
+    )
+    state = init_state(model, tx, x)
+    data = {"x": jnp.asarray(engine.pad_to(x, 200)), "y": jnp.asarray(engine.pad_to(y, 200))}
+    a, ma = device_fit(state, data, 150, 3, jnp.ones(4, bool), jax.random.key(5))
+    b, mb = host_fit(state, data, 150, 3, jnp.ones(4, bool), jax.random.key(5))
+    chex.assert_trees_all_close(a.params, b.params, rtol=1e-5, atol=1e-6)
+    assert int(ma.steps) == int(mb.steps) == 30 and int(mb.nonfinite_step) == -1
+    np.testing.assert_allclose(float(ma.loss), float(mb.loss), rtol=1e-5)
+    assert calls[-1] == (30, 30) and len(calls) <= engine.PROGRESS_UPDATES + 1
+    host_fit(b, data, 77, 1, jnp.ones(4, bool), jax.random.key(6))
+    assert host_fit._cache_size() == 1
+    # Divergence: stops in the epoch of the first non-finite step, keeps the last good state.
+    hot = state._replace(opt_state=engine.set_learning_rate(state.opt_state, 1e30))
+    c, mc = host_fit(hot, data, 150, 5, jnp.ones(4, bool), jax.random.key(0))
+    d, md = device_fit(hot, data, 150, 5, jnp.ones(4, bool), jax.random.key(0))
+    assert int(mc.nonfinite_step) == int(md.nonfinite_step) >= 0
+    assert engine.tree_all_finite(c.params)
+
+
+def test_auto_step_loop_picks_host_for_convolutions_on_cpu():
+    from cljax.experiment import step_loop
+    from cljax.models import CifarNetBody
+
+    assert step_loop("device", None, None) == "device"
+    mlp = Classifier(MLPBody((8,)), 3)
+    conv = Classifier(CifarNetBody(), 3)
+    expected = "host" if jax.default_backend() == "cpu" else "device"
+    assert step_loop("auto", mlp, (8, 8, 1)) == "device"
+    assert step_loop("auto", conv, (32, 32, 3)) == expected
