@@ -175,6 +175,12 @@ def anchor_state(opt_state: optax.OptState) -> QuadraticAnchorState:
     return found
 
 
+def importance_report(raw_importance, opt_state: optax.OptState, max_f: float) -> dict:
+    """``Strategy.importance`` for penalty strategies (EWC, SI, AR1): the raw accumulated
+    importance F, the clipped F̂ the penalty uses (from its state), and the clip value."""
+    return {"F": raw_importance, "F_hat": anchor_state(opt_state).importance, "max_f": max_f}
+
+
 def replace_anchor_state(
     opt_state: optax.OptState, *, anchor: Params | None = None, importance: Params | None = None
 ) -> optax.OptState:

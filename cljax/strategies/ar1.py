@@ -86,11 +86,8 @@ def ar1(hparams) -> Strategy:
         return head.with_head(state.params, state.strategy_state.head.cw)  # line 15: Θ̄ and cw
 
     def importance(state: TrainState) -> dict[str, Any]:
-        return {
-            "F": without_head(state.strategy_state.importance),
-            "F_hat": without_head(transforms.anchor_state(state.opt_state).importance),
-            "max_f": max_f,
-        }
+        report = transforms.importance_report(state.strategy_state.importance, state.opt_state, max_f)
+        return {**report, "F": without_head(report["F"]), "F_hat": without_head(report["F_hat"])}
 
     return Strategy(
         name="ar1",

@@ -141,10 +141,6 @@ def ewc(hparams) -> Strategy:
         return TrainState(state.params, opt_state, {**state.strategy_state, "fisher_sum": fisher_sum})
 
     def importance(state: TrainState) -> dict[str, Any]:
-        return {
-            "F": state.strategy_state["fisher_sum"],
-            "F_hat": transforms.anchor_state(state.opt_state).importance,
-            "max_f": max_f,
-        }
+        return transforms.importance_report(state.strategy_state["fisher_sum"], state.opt_state, max_f)
 
     return Strategy(name="ewc", transform=transform, init=init, after_batch=after_batch, importance=importance)

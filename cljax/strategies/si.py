@@ -56,11 +56,7 @@ def si(hparams) -> Strategy:
         return TrainState(state.params, opt_state, {**state.strategy_state, "importance": importance})
 
     def importance(state: TrainState) -> dict[str, Any]:
-        return {
-            "F": state.strategy_state["importance"],
-            "F_hat": transforms.anchor_state(state.opt_state).importance,
-            "max_f": max_f,
-        }
+        return transforms.importance_report(state.strategy_state["importance"], state.opt_state, max_f)
 
     return Strategy(
         name="si",
