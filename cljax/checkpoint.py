@@ -4,13 +4,14 @@ Layout of a workdir::
 
     <workdir>/results.json          finished runs (experiment.write_json_atomic)
     <workdir>/checkpoints/<step>/   one orbax step per completed batch (``ocp.args`` API):
-        state/     StandardSave: params, optimizer state (anchors Θ* and importances F̂ live
-                   there), strategy state, and the run's PRNG key as raw key data
-        progress/  JsonSave: strategy, run, batch, the run's record so far and every finished
-                   run (the results so far)
+        state/     StandardSave: the stacked states of the chunk of runs in flight: params,
+                   optimizer state (anchors Θ* and importances F̂ live there), strategy state
+        progress/  JsonSave: chunk, batch, the chunk's run records so far, which of its runs
+                   are alive, and every finished run (the results so far)
 
-``step`` is the batch's position in the experiment (``experiment.checkpoint_step``), so a
-rerun of the same command finds the last completed batch as the latest step. The manager
+``step`` is the batch's position in the experiment (chunk index x batches + batch), so a
+rerun of the same command finds the last completed batch as the latest step. The runs' keys
+are not stored: they derive from the config's seed. The manager
 keeps the ``MAX_TO_KEEP`` newest steps (disk stays bounded) plus every step named in
 ``keep`` (the last good checkpoint of a run that diverged).
 
@@ -75,9 +76,9 @@ class Checkpoints:
     def path(self, step: int) -> str:
         return os.path.join(self.directory, str(step))
 
-    def save(self, step: int, state: TrainState, key: jax.Array, progress: dict[str, Any]) -> None:
-        """Writes ``state``, ``key`` and the JSON-native ``progress`` as step ``step`` (blocking)."""
-        arrays = {"train_state": state, "key": jax.random.key_data(key)}
+    def save(self, step: int, state: TrainState, progress: dict[str, Any]) -> None:
+        """Writes ``state`` and the JSON-native ``progress`` as step ``step`` (blocking)."""
+        arrays = {"train_state": state}
         self._manager.save(
             step,
             args=ocp.args.Composite(state=ocp.args.StandardSave(arrays), progress=ocp.args.JsonSave(progress)),
@@ -91,14 +92,14 @@ class Checkpoints:
         except Exception as e:  # orbax raises many types; any of them means "unusable"
             raise self._unusable(step, e) from None
 
-    def restore(self, step: int, like_state: TrainState, like_key: jax.Array) -> tuple[TrainState, jax.Array]:
-        """The state and key of step ``step``, with the tree structure, dtypes and shardings of
-        ``like_state`` / ``like_key`` (fresh ones), so the compiled ``fit`` is reused as is.
+    def restore(self, step: int, like_state: TrainState) -> TrainState:
+        """The state of step ``step``, with the tree structure, dtypes and shardings of
+        ``like_state`` (a fresh one), so the compiled programs are reused as they are.
 
         Orbax gives back strongly typed arrays: a fresh state must not hold weakly typed
-        leaves (the strategy contract already asks for it), or ``fit`` compiles once more.
+        leaves (``engine.strongly_typed``), or the step compiles once more.
         """
-        like = {"train_state": like_state, "key": jax.random.key_data(like_key)}
+        like = {"train_state": like_state}
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
         try:
             restored = self._manager.restore(
@@ -106,9 +107,7 @@ class Checkpoints:
             ).state
         except Exception as e:
             raise self._unusable(step, e) from None
-        restored = jax.tree.map(_placed_like, restored, like)
-        key = jax.random.wrap_key_data(restored["key"], impl=jax.random.key_impl(like_key))
-        return restored["train_state"], key
+        return jax.tree.map(_placed_like, restored, like)["train_state"]
 
     def keep(self, step: int) -> None:
         """Preserves ``step`` beyond ``MAX_TO_KEEP`` (the last good checkpoint of a diverged run)."""

@@ -11,27 +11,23 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
+from typing import Any
 
 import ml_collections
 from ml_collections import config_dict
+
+from cljax import grid as grid_lib
+from cljax.hparams import ConfigError
 
 # Training fields a strategy section may override (None there = use the top-level value).
 TRAINING_FIELDS = ("epochs_first", "epochs", "lr_first", "lr", "batch_size", "optimizer", "momentum", "head")
 HEADS = ("default", "maximal", "expanding")
 SETTINGS = ("sit", "mt")
-# Strategy hyperparameters checked in every section that has them (sections land with their
-# strategies): name -> (lower bound, whether the bound itself is allowed). Values must be finite.
-HPARAM_BOUNDS = {
-    "strength": (0.0, False),  # λ of the quadratic penalty (EWC eq. 7, SI, AR1)
-    "max_f": (0.0, False),  # max_F, the importance clip (eq. 8, eq. 11)
-    "xi": (0.0, False),  # ξ, SI's damping (eq. 10)
-    "w_first": (0.0, True),  # w_1 (SI eq. 11; CWR's weight for B_1)
-    "w_rest": (0.0, True),  # w_i, i > 1
-    "init_std": (0.0, True),  # std of CWR's head re-initialisation (0 = zeros)
-}
-POSITIVE_INT_HPARAMS = ("fisher_batch_size",)
+VMAP_RUNS = ("auto", "true", "false")
+FEATURE_CACHE = ("auto", "on", "off")
 # Fields that cannot change any result; a workdir's checkpoints resume even when they differ.
-RESUME_IGNORED_FIELDS = ("overwrite",)
+RESUME_IGNORED_FIELDS = ("overwrite", "compilation_cache")
 
 
 def strategy_section(**hparams) -> ml_collections.ConfigDict:
@@ -97,50 +93,24 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_batch_size = 1000  # test examples per evaluation chunk
     # Workdir: rerunning the same command resumes from the last completed batch (cljax/checkpoint.py).
     c.overwrite = False  # True: discard the workdir's checkpoints and results.json and start again
-    # Strategies (one section each).
-    c.naive = strategy_section()
-    c.cumulative = strategy_section(epochs_first=10, epochs=10, from_scratch=True)  # retrain from the initial weights
-    # Regularisation strategies. Values: the sweep on run 0 of split digits (SIT), then frozen
-    # (scripts/sweep_regularization.py; BUILD_NOTES.md "Regularization strategies").
-    # LwF (sec. 2.1): λ_i = map(1 − n_i / Σ_{j≤i} n_j) (eq. 5), map = the linear map map_from -> map_to.
-    c.lwf = strategy_section(
-        map_from=(0.5, 0.8),  # 1 − n_i/Σn_j of 5 equal batches runs 1/2 ... 4/5 (Table 4, CORe50: 0.66 ... 0.9)
-        map_to=(0.6, 0.9),  # ... mapped linearly onto this interval of λ_i (Table 4: 0.45 ... 0.85)
-    )
-    # EWC (sec. 2.2): penalty (λ/2)·Σ F̂(θ − θ*)², F̂ = clip(F/i, max_F) (eq. 6-8).
-    c.ewc = strategy_section(
-        strength=2e5,  # λ = 1/(η·max_F) for η = lr below: the largest stable value (eq. 7)
-        max_f=1e-3,  # max_F, the clip of F̂ (Table 4: 0.001)
-        fisher="per_example",  # per_example (mean of squared per-pattern gradients) | minibatch (App. A)
-        fisher_batch_size=64,  # per_example: patterns per vmap chunk; minibatch: patterns per mini-batch
-        lr=0.005,  # B_i>1 learning rate, lower than B_1's (Table 4 does the same)
-    )
-    # SI (sec. 2.3): F^i = path / (T² + ξ) (eq. 10), F = F + w_i·F^i, F̂ = clip(F, max_F) (eq. 11).
-    c.si = strategy_section(
-        strength=2e5,  # λ = 1/(η·max_F)
-        max_f=1e-3,  # max_F (Tables 4-5: 0.001)
-        xi=1e-3,  # ξ
-        w_first=1e-4,  # w_1: small, B_1's trajectories start from the initialisation (sec. 2.3)
-        w_rest=1e-3,  # w_i, i > 1
-        lr=0.005,  # B_i>1 learning rate
-    )
-    # Architectural strategies. Values: sweeps on split digits (SIT; scripts/sweep_ar1.py;
-    # BUILD_NOTES.md "Architectural strategies"). B_i>1 of CWR/CWR+ train the head alone (cheap).
-    # CWR (Alg. 1): tw re-initialised N(0, init_std²) per batch; cw[j] = w_i·tw[j] (w_1 = w_first).
-    c.cwr = strategy_section(w_first=1.0, w_rest=1.0, init_std=0.01, epochs=20, lr=0.02)
-    # CWR+ (Alg. 2): zero init, mean-shift; avg: 'batch' (authors' code) | 'all' (every head weight).
-    c.cwr_plus = strategy_section(avg="batch", epochs=20, lr=0.02)
-    # AR1 (Alg. 3): CWR+ head, Θ̄ trained on every batch under SI (eq. 10-11) restricted to Θ̄.
-    c.ar1 = strategy_section(
-        strength=5e4,  # λ = 1/(η·max_F): the largest stable value (eq. 7)
-        max_f=1e-3,  # max_F (Tables 4-5: 0.001)
-        xi=1e-3,  # ξ
-        w_first=2e-2,  # w_1 (Table 4: 0.0015; larger here: B_1's features are the ones to keep)
-        w_rest=2e-2,  # w_i, i > 1 (Table 4: 0.0015)
-        avg="batch",  # mean-shift average, as cwr_plus.avg
-        epochs=20,  # B_i>1, as CWR+
-        lr=0.02,  # B_i>1 learning rate, as CWR+
-    )
+    # Keep compiled programs between runs (JAX's persistent compilation cache in ~/.cache/cljax/xla,
+    # or $CLJAX_CACHE_DIR): a rerun skips compilation; results are the same either way.
+    c.compilation_cache = True
+    # How runs execute: true = every run and grid point of a strategy in one vmapped program per
+    # batch; false = one at a time; auto = the faster for the model and backend (BUILD_NOTES.md).
+    c.vmap_runs = "auto"
+    # Hyper-grid: "ewc.strength=1e3,1e4; lr=0.01,0.02" (cljax/grid.py); on the command line,
+    # --config.ewc.strength=1e3,1e4 is the same. Every grid point is its own results entry.
+    c.grid = ""
+    # Batches with the shared weights frozen (CWR, CWR+ after B_1) train the head on penultimate
+    # features computed once: auto = when that gives the same result (no dropout in the body),
+    # on = always (features without dropout), off = never (the full fit with Θ̄ masked).
+    c.feature_cache = "auto"
+    # Strategies: one section each, built from the strategy's own declaration (cljax/strategies/).
+    from cljax.strategies import STRATEGIES
+
+    for name, spec in STRATEGIES.items():
+        c[name] = strategy_section(**spec.training, **{k: p.default for k, p in spec.hparams.items()})
     return c
 
 
@@ -148,19 +118,17 @@ def strategy_names(config) -> list[str]:
     return [name.strip() for name in config.strategies.split(",") if name.strip()]
 
 
-def strategy_hparams(config, name: str) -> ml_collections.ConfigDict:
-    """Flat hyperparameters of one strategy: its section over the top-level training fields."""
+def strategy_hparams(config, name: str, point: Mapping[str, Any] | None = None) -> ml_collections.ConfigDict:
+    """Flat hyperparameters of one strategy: its section over the top-level training fields, and
+    the values of grid point ``point`` (if any) over both."""
     merged = {field: config[field] for field in TRAINING_FIELDS}
     section = config.get(name)
     if section is not None:
         for key, value in section.items():
             if value is not None:
                 merged[key] = value
+    merged.update(point or {})
     return ml_collections.ConfigDict(merged)
-
-
-class ConfigError(ValueError):
-    """A bad configuration value; the message is one sentence naming field, value and what is allowed."""
 
 
 def _check(ok: bool, message: str) -> None:
@@ -203,14 +171,6 @@ def _validate_core50_fields(config, core50) -> None:
             )
 
 
-def _bounded_float(value, field: str, lower: float, inclusive: bool) -> None:
-    allowed = f">= {lower:g}" if inclusive else f"> {lower:g}"
-    _check(
-        _is_number(value) and math.isfinite(value) and (value >= lower if inclusive else value > lower),
-        f"{field}={value!r} is invalid; it must be a finite number {allowed}",
-    )
-
-
 def validate(config) -> None:
     """Raises ConfigError on the first bad field, before any data is read or anything trained."""
     from cljax.models import MODELS
@@ -246,11 +206,14 @@ def validate(config) -> None:
         f"hidden_sizes={tuple(config.hidden_sizes)!r} is invalid; it must be a non-empty list of positive integers",
     )
     _positive_int(config.eval_batch_size, "eval_batch_size")
-    _check(
-        config.step_loop in ("auto", "device", "host"),
-        f"step_loop={config.step_loop!r} is unknown; allowed: auto, device, host",
-    )
-    _check(isinstance(config.lrn, bool), f"lrn={config.lrn!r} is invalid; it must be True or False")
+    for field, allowed in (
+        ("step_loop", ("auto", "device", "host")),
+        ("vmap_runs", VMAP_RUNS),
+        ("feature_cache", FEATURE_CACHE),
+    ):
+        _check(config[field] in allowed, f"{field}={config[field]!r} is unknown; allowed: {', '.join(allowed)}")
+    for field in ("lrn", "compilation_cache"):
+        _check(isinstance(config[field], bool), f"{field}={config[field]!r} is invalid; it must be True or False")
     _check(
         isinstance(config.aux_loss_weight, int | float)
         and math.isfinite(config.aux_loss_weight)
@@ -262,60 +225,62 @@ def validate(config) -> None:
         f"init_checkpoint={config.init_checkpoint!r} is not a directory; give an orbax checkpoint directory "
         "(scripts/pretrain.py, python -m cljax.models.import_torch) or '' for random initialisation",
     )
-    for name in names:
-        hp = strategy_hparams(config, name)
+    for name, spec in STRATEGIES.items():  # a field no strategy reads would be silently ignored
         section = config.get(name) or {}
-
-        def prefix(field: str, name: str = name, section=section) -> str:
-            return field if section.get(field) is None else f"{name}.{field}"
-
-        for field in ("epochs_first", "epochs", "batch_size"):
-            _positive_int(hp[field], prefix(field))
-        for field in ("lr_first", "lr"):
-            _positive_float(hp[field], prefix(field))
+        allowed = (*TRAINING_FIELDS, *spec.hparams)
+        for field in section.keys():
+            _check(
+                field in allowed,
+                f"{name}.{field}: strategy {name!r} has no field {field!r}; its fields: {', '.join(allowed)}",
+            )
+    axes = grid_lib.parse_grid(config.grid, STRATEGIES)
+    for axis in axes:
         _check(
-            hp.optimizer in ("sgd", "adam"), f"{prefix('optimizer')}={hp.optimizer!r} is unknown; allowed: adam, sgd"
+            axis.strategy is None or axis.strategy in names,
+            f"grid: {axis.field!r} names strategy {axis.strategy!r}, which is not in strategies={config.strategies!r}",
         )
-        _check(
-            isinstance(hp.momentum, int | float) and 0 <= hp.momentum < 1,
-            f"{prefix('momentum')}={hp.momentum!r} is invalid; it must be in [0, 1)",
-        )
-        _check(hp.head in HEADS, f"{prefix('head')}={hp.head!r} is unknown; allowed: {', '.join(HEADS)}")
-        for field, (lower, inclusive) in HPARAM_BOUNDS.items():
-            if field in hp:
-                _bounded_float(hp[field], f"{name}.{field}", lower, inclusive)
-        for field in POSITIVE_INT_HPARAMS:
-            if field in hp:
-                _positive_int(hp[field], f"{name}.{field}")
-    _validate_regularization(config, names)
-    _validate_architectural(config, names)
+    for name in names:
+        for point in strategy_grid(config, name, axes):
+            _validate_strategy(config, name, point)
 
 
-def _interval(value, field: str) -> None:
+def _validate_strategy(config, name: str, point: Mapping[str, Any]) -> None:
+    """One strategy's merged values at one grid point: training fields, then its own hyperparameters
+    (each checked by its declaration), then the strategy's own cross-field check."""
+    from cljax.strategies import strategy_spec
+
+    spec = strategy_spec(name)
+    values = {**strategy_hparams(config, name).to_dict(), **point}
+    section = config.get(name) or {}
+
+    def field_name(field: str) -> str:
+        if field in point:
+            return f"grid {name}.{field}"
+        return f"{name}.{field}" if field in spec.hparams or section.get(field) is not None else field
+
+    for field in ("epochs_first", "epochs", "batch_size"):
+        _positive_int(values[field], field_name(field))
+    for field in ("lr_first", "lr"):
+        _positive_float(values[field], field_name(field))
     _check(
-        isinstance(value, tuple | list)
-        and len(value) == 2
-        and all(_is_number(v) and math.isfinite(v) for v in value)
-        and value[0] != value[1],
-        f"{field}={value!r} is invalid; it must be two different finite numbers (lo, hi)",
+        values["optimizer"] in ("sgd", "adam"),
+        f"{field_name('optimizer')}={values['optimizer']!r} is unknown; allowed: adam, sgd",
     )
+    momentum = values["momentum"]
+    _check(
+        _is_number(momentum) and 0 <= momentum < 1,
+        f"{field_name('momentum')}={momentum!r} is invalid; it must be in [0, 1)",
+    )
+    _check(values["head"] in HEADS, f"{field_name('head')}={values['head']!r} is unknown; allowed: {', '.join(HEADS)}")
+    for field, hparam in spec.hparams.items():
+        hparam.validate(values[field], field_name(field))
+    if spec.check is not None:
+        spec.check(values)
 
 
-def _validate_regularization(config, names: list[str]) -> None:
-    """LwF's map intervals (eq. 5) and EWC's Fisher mode; numeric bounds are in HPARAM_BOUNDS."""
-    if "lwf" in names:
-        _interval(config.lwf.map_from, "lwf.map_from")
-        _interval(config.lwf.map_to, "lwf.map_to")
-    if "ewc" in names:
-        _check(
-            config.ewc.fisher in ("per_example", "minibatch"),
-            f"ewc.fisher={config.ewc.fisher!r} is unknown; allowed: per_example, minibatch",
-        )
+def strategy_grid(config, name: str, axes: list[grid_lib.GridAxis] | None = None) -> list[dict[str, Any]]:
+    """The grid points of strategy ``name`` ([{}] when no grid axis applies to it)."""
+    from cljax.strategies import STRATEGIES
 
-
-def _validate_architectural(config, names: list[str]) -> None:
-    """CWR+/AR1 choices (section 3); numeric fields are checked by ``HPARAM_BOUNDS``."""
-    for name in ("cwr_plus", "ar1"):
-        if name in names:
-            avg = config[name].avg
-            _check(avg in ("batch", "all"), f"{name}.avg={avg!r} is unknown; allowed: batch, all")
+    axes = grid_lib.parse_grid(config.grid, STRATEGIES) if axes is None else axes
+    return grid_lib.grid_points(grid_lib.axes_of(name, axes, config.get(name)))

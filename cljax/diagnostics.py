@@ -1,7 +1,8 @@
 """Per-batch diagnostics of paper section 5, gathered after each batch, and their compact storage.
 
-After training batch B_i, ``record_batch`` adds to a run's record (plain lists,
-so a checkpointed record carries them through a resume):
+The numbers are computed on the device inside the batch's compiled program
+(``cljax.stream``); after batch B_i, ``record_batch`` adds them to a run's record
+(plain lists, so a checkpointed record carries them through a resume):
 
 - the average absolute weight change per layer, mean |θ_after − θ_before| over
   each parameter leaf of the evaluated model (Fig. 13; "to avoid cancellation
@@ -29,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cljax.engine import Params, TrainState
+from cljax.engine import Params
 from cljax.files import write_atomic, write_json_atomic
 
 # Record keys whose contents live in the .npz rather than in results.json.
@@ -52,22 +53,16 @@ def leaf_paths(params: Params) -> list[str]:
     return [jax.tree_util.keystr(path, simple=True, separator="/") for path, _ in flat]
 
 
-@jax.jit
-def _mean_abs_change(before: Params, after: Params) -> list[jax.Array]:
-    return [
-        jnp.mean(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32)))
-        for a, b in zip(*map(jax.tree.leaves, (after, before)), strict=True)
-    ]
+def mean_abs_change(before: Params, after: Params) -> jax.Array:
+    """Fig. 13: [L] mean |θ_after − θ_before| of every parameter leaf, in ``leaf_paths`` order."""
+    pairs = zip(*map(jax.tree.leaves, (trainable(after), trainable(before))), strict=True)
+    return jnp.stack([jnp.mean(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32))) for a, b in pairs])
 
 
-def weight_change(before: Params, after: Params) -> dict[str, float]:
-    """Fig. 13: mean |θ_after − θ_before| of every parameter leaf, keyed by ``leaf_paths``."""
-    values = jax.device_get(_mean_abs_change(trainable(before), trainable(after)))
-    return dict(zip(leaf_paths(after), (float(v) for v in values), strict=True))
-
-
-@jax.jit
-def _log_histogram(tree: Any, edges: jax.Array) -> jax.Array:
+def log_histogram(tree: Any, edges: np.ndarray = IMPORTANCE_BIN_EDGES) -> jax.Array:
+    """Counts of the values of every leaf in the bins ``edges`` ([edges[k], edges[k+1]) is cell k+1),
+    cell 0 = below edges[0] (zeros included), last cell = at or above edges[-1] (int32, on device)."""
+    edges = jnp.asarray(edges, jnp.float32)
     counts = jnp.zeros(edges.shape[0] + 1, jnp.int32)
     for leaf in jax.tree.leaves(tree):
         cell = jnp.searchsorted(edges, leaf.reshape(-1).astype(edges.dtype), side="right")
@@ -75,49 +70,29 @@ def _log_histogram(tree: Any, edges: jax.Array) -> jax.Array:
     return counts
 
 
-def importance_histogram(tree: Any, edges: np.ndarray = IMPORTANCE_BIN_EDGES) -> np.ndarray:
-    """Counts of the values of every leaf in the bins ``edges`` ([edges[k], edges[k+1]) is cell k+1),
-    cell 0 = below edges[0] (zeros included), last cell = at or above edges[-1]. Computed on device."""
-    if not jax.tree.leaves(tree):
-        return np.zeros(len(edges) + 1, np.int64)
-    return np.asarray(_log_histogram(tree, jnp.asarray(edges, jnp.float32)), np.int64)
-
-
-@jax.jit
-def _saturated_count(tree: Any, max_f: jax.Array) -> tuple[jax.Array, jax.Array]:
-    leaves = jax.tree.leaves(tree)
-    hits = sum(jnp.sum(leaf >= max_f.astype(leaf.dtype)) for leaf in leaves)
-    return hits, sum(leaf.size for leaf in leaves)
-
-
-def saturated_fraction(f_hat: Any, max_f: float) -> float:
+def saturated_share(f_hat: Any, max_f: jax.Array) -> jax.Array:
     """Fraction of the F̂ values clipped to max_F (eq. 8 and 11): F̂ >= max_F."""
-    if not jax.tree.leaves(f_hat):
-        return 0.0
-    hits, total = _saturated_count(f_hat, jnp.asarray(max_f, jnp.float32))
-    return float(hits) / float(total)
+    leaves = jax.tree.leaves(f_hat)
+    if not leaves:
+        return jnp.float32(0.0)
+    hits = sum(jnp.sum(leaf >= jnp.asarray(max_f, leaf.dtype)) for leaf in leaves)
+    return (hits / sum(leaf.size for leaf in leaves)).astype(jnp.float32)
 
 
-def importance_summary(importance: dict[str, Any]) -> dict[str, Any]:
-    """Histograms of F and F̂ and the saturated fraction, from ``Strategy.importance(state)``."""
-    return {
-        "F": importance_histogram(importance["F"]).tolist(),
-        "F_hat": importance_histogram(importance["F_hat"]).tolist(),
-        "saturated": saturated_fraction(importance["F_hat"], importance["max_f"]),
-        "max_f": float(importance["max_f"]),
-    }
-
-
-def record_batch(record: dict, params_before: Params, state: TrainState, strategy: Any) -> None:
-    """Appends batch B_i's weight change (eval params before vs after the batch) and, for strategies
-    with ``importance``, its importance histograms to ``record['diagnostics']``."""
+def record_batch(record: dict, layers: list[str], change, importance: tuple | None) -> None:
+    """Appends batch B_i's weight change ([L], ``layers`` names) and, for strategies with importance,
+    its histograms of F and F̂, saturated fraction and max_F to ``record['diagnostics']``."""
     diag = record.setdefault("diagnostics", {})
-    change = weight_change(params_before, strategy.eval_params(state))
-    diag.setdefault("layers", list(change))
-    diag.setdefault("weight_change", []).append(list(change.values()))
-    if strategy.importance is not None:
-        summary = importance_summary(strategy.importance(state))
-        for key, value in summary.items():
+    diag.setdefault("layers", list(layers))
+    diag.setdefault("weight_change", []).append([float(v) for v in change])
+    if importance is not None:
+        hist_f, hist_f_hat, saturated, max_f = importance
+        for key, value in (
+            ("F", [int(v) for v in hist_f]),
+            ("F_hat", [int(v) for v in hist_f_hat]),
+            ("saturated", float(saturated)),
+            ("max_f", float(max_f)),
+        ):
             diag.setdefault(f"importance_{key}", []).append(value)
 
 

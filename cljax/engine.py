@@ -11,7 +11,7 @@ examples, epochs and the logit mask are traced values — so the stream compiles
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import chex
@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from cljax import transforms
 
 Params = Any
 LossFn = Callable[[jax.Array, dict[str, jax.Array], Any], jax.Array]
@@ -77,7 +79,8 @@ def tree_all_finite(tree: Any) -> jax.Array:
 
 def make_optimizer(name: str, momentum: float = 0.0) -> optax.GradientTransformation:
     """Base optimizer with the learning rate in its state (``set_learning_rate``): B_1 and
-    B_i>1 use different rates (Tables 4-5) without recompiling."""
+    B_i>1 use different rates (Tables 4-5), and runs or grid points different ones, without
+    recompiling."""
     if name == "sgd":
         return optax.inject_hyperparams(optax.sgd)(learning_rate=0.0, momentum=momentum)
     if name == "adam":
@@ -85,10 +88,9 @@ def make_optimizer(name: str, momentum: float = 0.0) -> optax.GradientTransforma
     raise ValueError(f"optimizer={name!r} is unknown; allowed: adam, sgd")
 
 
-def set_learning_rate(opt_state: optax.OptState, learning_rate: float) -> optax.OptState:
+def set_learning_rate(opt_state: optax.OptState, learning_rate: Any) -> optax.OptState:
     """Writes the learning rate into every injected-hyperparameter state, keeping its dtype."""
-    old = optax.tree.get(opt_state, "learning_rate")
-    return optax.tree.set(opt_state, learning_rate=jnp.asarray(learning_rate, old.dtype))
+    return transforms.set_hyperparams(opt_state, learning_rate=learning_rate)
 
 
 def pad_to(x: np.ndarray, capacity: int) -> np.ndarray:
@@ -99,58 +101,107 @@ def pad_to(x: np.ndarray, capacity: int) -> np.ndarray:
     return np.concatenate([x, pad])
 
 
-def make_fit(
+def strongly_typed(tree: Any) -> Any:
+    """``tree`` with every weakly typed leaf made strong (same dtype and values): a restored
+    checkpoint is strongly typed, and a jitted step keys its cache on weak types too."""
+    return jax.tree.map(lambda a: jnp.array(a, dtype=a.dtype) if getattr(a, "weak_type", False) else a, tree)
+
+
+def limit_traces(fn: Callable[..., Any], n: int | None) -> Callable[..., Any]:
+    """``fn`` (to be jitted) that raises AssertionError when traced more than ``n`` times (None: no
+    limit); ``.traces`` counts them. As ``chex.assert_max_traces``, but counted per wrapped
+    function: chex counts per definition site, so two programs built by one factory share a count."""
+    if n is None:
+        return fn
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        wrapped.traces += 1  # a jitted function's Python body runs only when it is traced
+        if wrapped.traces > n:
+            raise AssertionError(
+                f"{fn.__name__} was traced {wrapped.traces} times (at most {n} expected): an input changed "
+                "shape, dtype or weak type, so the program compiled again"
+            )
+        return fn(*args, **kwargs)
+
+    wrapped.traces = 0
+    return wrapped
+
+
+# ---- Members: runs x grid points, stacked on two leading axes ----
+#
+# The programs below train several *members* at once: the runs of a strategy (each its own
+# class order, data and key) times the points of a hyper-grid (each its own traced
+# hyperparameters). States are stacked on two leading axes [R, G]; arrays that depend only
+# on the run (training data, masks, keys) carry the [R] axis alone, so grid points share one
+# copy of their run's data; hyperparameters carry [G].
+MEMBER, RUN, GRID = "member", "run", "grid"
+
+
+def vmap_members(fn: Callable[..., Any], kinds: Sequence[str | None]) -> Callable[..., Any]:
+    """``fn`` on one member, mapped over the [R, G] member axes.
+
+    ``kinds[k]`` says how positional argument k is stacked: ``MEMBER`` ([R, G, ...]), ``RUN``
+    ([R, ...]), ``GRID`` ([G, ...]) or None (shared). Outputs are [R, G, ...].
+    """
+    inner = jax.vmap(fn, in_axes=tuple(0 if k in (MEMBER, GRID) else None for k in kinds))
+    return jax.vmap(inner, in_axes=tuple(0 if k in (MEMBER, RUN) else None for k in kinds))
+
+
+def stack_members(tree: Any) -> Any:
+    """One run's values as a stack of one member ([1, 1, ...])."""
+    return jax.tree.map(lambda a: jnp.asarray(a)[None, None], tree)
+
+
+def unstack_member(tree: Any, run: int = 0, point: int = 0) -> Any:
+    """Member (run, point) of a stacked tree."""
+    return jax.tree.map(lambda a: a[run, point], tree)
+
+
+def make_member_fit(
     apply_fn: Callable[..., jax.Array],
     tx: optax.GradientTransformation,
     loss_fn: LossFn,
     batch_size: int,
     progress: Callable[[jax.Array, jax.Array], None] | None = None,
     loop: str = "device",
+    max_traces: int | None = None,
 ) -> Callable[..., tuple[TrainState, FitMetrics]]:
-    """Builds ``fit(state, data, num_examples, epochs, logit_mask, key)``, jit-compiled.
+    """Builds ``fit(states, run_data, member_data, num_examples, epochs, logit_mask, keys)``
+    for a stack of members ([R, G] leading axes, see ``vmap_members``).
 
     ``apply_fn(params, x, train=True, rngs=...)`` returns logits, or
-    ``(logits, ((weight, aux_logits), ...))`` for a model with auxiliary
-    classifiers: the loss is then ``loss_fn`` on the logits plus ``weight``
-    times ``loss_fn`` on each auxiliary output (``split_outputs``).
-    ``data`` is a dict of arrays sharing a padded leading axis (``x``, ``y`` and
-    whatever per-example arrays the strategy's loss reads, e.g. LwF soft
-    targets); only the first ``num_examples`` rows are real. ``logit_mask`` is
-    the training head: [C] bool for every example, or a [K, C] table of heads
-    (multi-task) with ``data["mask_index"]`` giving each example's row. Each epoch draws a
-    permutation of the real rows from ``key``; the last mini-batch of an epoch
-    may be partial, its missing rows weighted zero. A step whose loss or
-    gradient is not finite is not applied and ends the fit (divergence guard).
+    ``(logits, ((weight, aux_logits), ...))`` for a model with auxiliary classifiers: the loss
+    is then ``loss_fn`` on the logits plus ``weight`` times ``loss_fn`` on each auxiliary output
+    (``split_outputs``). ``run_data`` ([R, capacity, ...]: ``x``, ``y``, ...) and ``member_data``
+    ([R, G, capacity, ...]: per-member arrays such as LwF's soft targets) share a padded example
+    axis; only the first ``num_examples[r]`` rows of run r are real. ``epochs`` is [R, G].
+    ``logit_mask`` is [R, C] bool (the training head), or [R, K, C], a table of heads (multi-task)
+    with ``data["mask_index"]`` giving each example's row. Each epoch draws a permutation of
+    run r's real rows from ``keys[r]``; the last mini-batch of an epoch may be partial, its
+    missing rows weighted zero. A member whose loss or gradient is not finite keeps its last
+    good state and stops (divergence guard); the others go on.
 
-    The epoch and step loops are ``lax.while_loop``s (``fori_loop`` with traced
-    bounds): a ``lax.scan`` needs a static length, which would make every batch
-    run as many steps as the largest one (Cumulative's last batch).
-    ``loop="host"`` runs the same steps from a Python loop, one jitted call per
-    mini-batch: XLA:CPU runs convolutions inside a while loop 10-30x slower
-    (jax-ml/jax#12868), so convolutional models on CPU train faster that way.
+    The epoch and step loops run over the longest member (members with fewer steps idle,
+    their state unchanged), with the member step ``vmap``ped inside: the loop counters are
+    scalars, so ``progress(steps_done, total_steps)`` (None = off) is called through
+    ``jax.debug.callback`` only every ceil(total / PROGRESS_UPDATES) steps and at the end.
+    ``loop="device"`` runs the loops inside the compiled program (``lax.while_loop``; a scan
+    would need a static length, and Cumulative's batches differ 5x in steps); ``loop="host"``
+    runs them from Python, one jitted call per mini-batch: XLA:CPU runs convolutions inside a
+    while loop 10-30x slower (jax-ml/jax#12868).
 
-    ``progress(steps_done, total_steps)`` (None = off) is called from inside the
-    compiled loop through ``jax.debug.callback``, every ceil(total / PROGRESS_UPDATES)
-    steps and after the last one: a progress display with no per-step host round
-    trip, the same compiled program for every batch, and no effect on the results.
+    ``max_traces`` (tests): ``limit_traces`` on the compiled function, which then raises if it is
+    traced (compiled) more often, e.g. because a batch changed a shape or dtype.
     """
     tx = optax.with_extra_args_support(tx)
-
-    def report_progress(done: jax.Array, total: jax.Array) -> None:
-        if progress is None:
-            return
-        interval = jnp.maximum((total + PROGRESS_UPDATES - 1) // PROGRESS_UPDATES, 1)
-        jax.lax.cond(
-            (done % interval == 0) | (done == total),
-            lambda: jax.debug.callback(progress, done, total),
-            lambda: None,
-        )
+    traced = functools.partial(limit_traces, n=max_traces)
 
     def train_step(state: TrainState, mini: dict[str, jax.Array], weights_B, logit_mask, key):
         def objective(params):
             outputs = apply_fn(params, mini["x"], train=True, rngs={"dropout": key})
             logits, aux = split_outputs(outputs)
-            # A [K, C] mask is a table of heads, one row per example via data["mask_index"] (MT).
+            # A [K, C] mask is a table of heads, one row per example via mini["mask_index"] (MT).
             mask = logit_mask[mini["mask_index"]] if logit_mask.ndim == 2 else logit_mask
             per_example = loss_fn(mask_logits(logits, mask), mini, state.strategy_state)
             # Auxiliary classifiers (GoogLeNet loss1/loss2): the same per-example loss, weighted.
@@ -163,10 +214,7 @@ def make_fit(
         # next to the applied update (the SI path tracker); others ignore it.
         updates, opt_state = tx.update(grads, state.opt_state, state.params, task_grads=grads)
         new_state = TrainState(optax.apply_updates(state.params, updates), opt_state, state.strategy_state)
-        finite = jnp.isfinite(loss) & tree_all_finite(grads)
-        # On divergence keep the last good state (the caller reports the step).
-        new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, state)
-        return new_state, loss, finite
+        return new_state, loss, jnp.isfinite(loss) & tree_all_finite(grads)
 
     def epoch_order(key, epoch, num_examples, capacity: int):
         """A permutation of the real rows (padding rows last, then ``batch_size`` spare
@@ -176,126 +224,211 @@ def make_fit(
         order = jnp.argsort(jnp.where(jnp.arange(capacity) < num_examples, noise, 2.0))
         return jnp.concatenate([order, jnp.zeros((batch_size,), order.dtype)]), epoch_key
 
-    def minibatch_step(state, data, order, s, num_examples, logit_mask, epoch_key):
-        """Mini-batch ``s`` of an epoch; its missing rows (partial last batch) weigh zero."""
+    def member_step(state, run_data, member_data, order, s, num_examples, logit_mask, epoch_key, active):
+        """Mini-batch ``s`` of an epoch for one member; applied only where ``active`` and finite
+        (the partial last mini-batch's missing rows weigh zero)."""
         start = s * batch_size
         idx = jax.lax.dynamic_slice(order, (start,), (batch_size,))
         weights = (start + jnp.arange(batch_size) < num_examples).astype(jnp.float32)
-        mini = jax.tree.map(lambda a: a[idx], data)
-        return train_step(state, mini, weights, logit_mask, jax.random.fold_in(epoch_key, s))
+        mini = jax.tree.map(lambda a: a[idx], {**run_data, **member_data})
+        new_state, loss, finite = train_step(state, mini, weights, logit_mask, jax.random.fold_in(epoch_key, s))
+        ok = active & finite
+        state = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_state, state)
+        return state, jnp.where(ok, loss, 0.0), finite
+
+    step_members = vmap_members(member_step, (MEMBER, RUN, MEMBER, RUN, None, RUN, RUN, RUN, MEMBER))
+    orders_of_runs = jax.vmap(epoch_order, in_axes=(0, None, 0, None))
+
+    class Carry(NamedTuple):
+        states: TrainState
+        loss_sum: jax.Array  # [R, G] task loss summed over this epoch's steps
+        last_loss: jax.Array  # [R, G] mean loss of each member's last epoch
+        steps: jax.Array  # [R, G] steps applied
+        bad: jax.Array  # [R, G] step count at the first non-finite step; -1 if none
+
+    def start(states, epochs) -> Carry:
+        zeros = jnp.zeros(epochs.shape, jnp.float32)
+        return Carry(states, zeros, zeros, jnp.zeros(epochs.shape, jnp.int32), jnp.full(epochs.shape, -1, jnp.int32))
+
+    def one_step(carry: Carry, run_data, member_data, orders, epoch, s, num_examples, epochs, logit_mask, epoch_keys):
+        steps_per_epoch = (num_examples + batch_size - 1) // batch_size
+        active = (epoch < epochs) & (s < steps_per_epoch[:, None]) & (carry.bad < 0)
+        states, loss, finite = step_members(
+            carry.states, run_data, member_data, orders, s, num_examples, logit_mask, epoch_keys, active
+        )
+        bad = jnp.where((carry.bad < 0) & active & ~finite, carry.steps, carry.bad)
+        return carry._replace(
+            states=states, loss_sum=carry.loss_sum + loss, steps=carry.steps + (active & finite), bad=bad
+        )
+
+    def end_epoch(carry: Carry, epoch, num_examples, epochs) -> Carry:
+        steps_per_epoch = (num_examples + batch_size - 1) // batch_size
+        ran = epoch < epochs
+        mean = carry.loss_sum / jnp.maximum(steps_per_epoch[:, None], 1)
+        return carry._replace(loss_sum=jnp.zeros_like(carry.loss_sum), last_loss=jnp.where(ran, mean, carry.last_loss))
+
+    def report_progress(done: jax.Array, total: jax.Array) -> None:
+        if progress is None:
+            return
+        interval = jnp.maximum((total + PROGRESS_UPDATES - 1) // PROGRESS_UPDATES, 1)
+        jax.lax.cond(
+            (done % interval == 0) | (done == total),
+            lambda: jax.debug.callback(progress, done, total),
+            lambda: None,
+        )
 
     @jax.jit
-    def fit(state: TrainState, data: dict[str, jax.Array], num_examples, epochs, logit_mask, key):
-        capacity = data["y"].shape[0]
+    @traced
+    def fit(states, run_data, member_data, num_examples, epochs, logit_mask, keys):
+        capacity = run_data["y"].shape[1]
         num_examples = jnp.asarray(num_examples, jnp.int32)
-        steps_per_epoch = (num_examples + batch_size - 1) // batch_size
+        epochs = jnp.asarray(epochs, jnp.int32)
+        max_steps = (jnp.max(num_examples) + batch_size - 1) // batch_size
+        max_epochs = jnp.max(epochs)
 
-        def run_epoch(carry):
-            epoch, state, _, steps, bad = carry
-            order, epoch_key = epoch_order(key, epoch, num_examples, capacity)
+        def run_epoch(outer):
+            epoch, carry = outer
+            orders, epoch_keys = orders_of_runs(keys, epoch, num_examples, capacity)
 
             def run_step(inner):
-                s, state, loss_sum, steps, bad = inner
-                state, loss, finite = minibatch_step(state, data, order, s, num_examples, logit_mask, epoch_key)
-                report_progress(epoch * steps_per_epoch + s + 1, epochs * steps_per_epoch)
-                bad = jnp.where((bad < 0) & ~finite, steps, bad)
-                return s + 1, state, loss_sum + jnp.where(finite, loss, 0.0), steps + finite, bad
+                s, carry = inner
+                carry = one_step(
+                    carry, run_data, member_data, orders, epoch, s, num_examples, epochs, logit_mask, epoch_keys
+                )
+                report_progress(epoch * max_steps + s + 1, max_epochs * max_steps)
+                return s + 1, carry
 
-            _, state, loss_sum, steps, bad = jax.lax.while_loop(
-                lambda inner: (inner[0] < steps_per_epoch) & (inner[4] < 0),
-                run_step,
-                (jnp.int32(0), state, jnp.float32(0.0), steps, bad),
+            _, carry = jax.lax.while_loop(
+                lambda inner: (inner[0] < max_steps) & jnp.any(inner[1].bad < 0), run_step, (jnp.int32(0), carry)
             )
-            return epoch + 1, state, loss_sum / jnp.maximum(steps_per_epoch, 1), steps, bad
+            return epoch + 1, end_epoch(carry, epoch, num_examples, epochs)
 
-        _, state, last_loss, steps, bad = jax.lax.while_loop(
-            lambda c: (c[0] < epochs) & (c[4] < 0),
+        _, carry = jax.lax.while_loop(
+            lambda outer: (outer[0] < max_epochs) & jnp.any(outer[1].bad < 0),
             run_epoch,
-            (jnp.int32(0), state, jnp.float32(0.0), jnp.int32(0), jnp.int32(-1)),
+            (jnp.int32(0), start(states, epochs)),
         )
-        return state, FitMetrics(last_loss, steps, bad)
+        return carry.states, FitMetrics(carry.last_loss, carry.steps, carry.bad)
 
     if loop == "device":
         return fit
     if loop != "host":
         raise ValueError(f"loop={loop!r} is unknown; allowed: device, host")
 
-    jit_order = jax.jit(epoch_order, static_argnames="capacity")
+    jit_orders = jax.jit(orders_of_runs, static_argnames="capacity")
+    jit_step = jax.jit(traced(one_step))
+    jit_end_epoch = jax.jit(end_epoch)
 
-    @jax.jit
-    def host_step(state, data, order, s, num_examples, logit_mask, epoch_key, ok):
-        # After a non-finite step the remaining steps of the epoch are no-ops (``ok`` false),
-        # so the host checks the flag once per epoch instead of syncing every step.
-        new_state, loss, finite = minibatch_step(state, data, order, s, num_examples, logit_mask, epoch_key)
-        state = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_state, state)
-        return state, jnp.where(ok & finite, loss, 0.0), ok & finite
-
-    def fit_host_loop(state: TrainState, data, num_examples, epochs, logit_mask, key):
-        """The same training as ``fit`` with the step loop on the host: one jitted call per
-        mini-batch (XLA:CPU runs convolutions inside a while loop many times slower)."""
-        num_examples, epochs = int(num_examples), int(epochs)
-        steps_per_epoch = -(-num_examples // batch_size)
-        total = epochs * steps_per_epoch
-        steps, bad, last_loss = 0, -1, jnp.float32(0.0)
-        for epoch in range(epochs):
-            order, epoch_key = jit_order(key, epoch, num_examples, data["y"].shape[0])
-            ok, loss_sum, finite_steps = jnp.bool_(True), jnp.float32(0.0), jnp.int32(0)
-            for s in range(steps_per_epoch):
-                state, loss, ok = host_step(state, data, order, s, num_examples, logit_mask, epoch_key, ok)
-                loss_sum, finite_steps = loss_sum + loss, finite_steps + ok
-                done = epoch * steps_per_epoch + s + 1
-                interval = max(-(-total // PROGRESS_UPDATES), 1)
+    def fit_host_loop(states, run_data, member_data, num_examples, epochs, logit_mask, keys):
+        """The same training as ``fit`` with the loops on the host: one jitted call per
+        mini-batch. After a non-finite step a member's remaining steps are no-ops, so the host
+        checks for divergence once per epoch instead of syncing every step."""
+        num_examples = jnp.asarray(num_examples, jnp.int32)
+        epochs = jnp.asarray(epochs, jnp.int32)
+        capacity = run_data["y"].shape[1]
+        max_steps = int(-(-int(jnp.max(num_examples)) // batch_size))
+        max_epochs = int(jnp.max(epochs))
+        total = max_epochs * max_steps
+        interval = max(-(-total // PROGRESS_UPDATES), 1)
+        carry = start(states, epochs)
+        for epoch in range(max_epochs):
+            orders, epoch_keys = jit_orders(keys, jnp.int32(epoch), num_examples, capacity)
+            for s in range(max_steps):
+                carry = jit_step(
+                    carry, run_data, member_data, orders, jnp.int32(epoch), jnp.int32(s), num_examples, epochs,
+                    logit_mask, epoch_keys,
+                )  # fmt: skip
+                done = epoch * max_steps + s + 1
                 if progress is not None and (done % interval == 0 or done == total):
                     progress(done, total)
-            steps += int(finite_steps)
-            last_loss = loss_sum / max(steps_per_epoch, 1)
-            if not bool(ok):
-                bad = steps
+            carry = jit_end_epoch(carry, jnp.int32(epoch), num_examples, epochs)
+            if not bool(jnp.any(carry.bad < 0)):
                 break
-        return state, FitMetrics(jnp.asarray(last_loss, jnp.float32), jnp.int32(steps), jnp.int32(bad))
+        return carry.states, FitMetrics(carry.last_loss, carry.steps, carry.bad)
 
-    fit_host_loop._cache_size = host_step._cache_size  # compile counting, as for ``fit``
     return fit_host_loop
 
 
+def make_fit(
+    apply_fn: Callable[..., jax.Array],
+    tx: optax.GradientTransformation,
+    loss_fn: LossFn,
+    batch_size: int,
+    progress: Callable[[jax.Array, jax.Array], None] | None = None,
+    loop: str = "device",
+    max_traces: int | None = None,
+) -> Callable[..., tuple[TrainState, FitMetrics]]:
+    """One run's ``fit(state, data, num_examples, epochs, logit_mask, key)``: ``make_member_fit``
+    on a stack of one member. ``data`` is a dict of arrays sharing a padded leading axis
+    (``x``, ``y`` and whatever per-example arrays the loss reads); ``logit_mask`` is [C] bool
+    or a [K, C] table of heads with ``data["mask_index"]`` (multi-task). One compiled call
+    trains all epochs and mini-batches of the batch."""
+    member_fit = make_member_fit(apply_fn, tx, loss_fn, batch_size, progress=progress, loop=loop, max_traces=max_traces)
+
+    def fit(state: TrainState, data, num_examples, epochs, logit_mask, key):
+        run = lambda a: jnp.asarray(a)[None]  # noqa: E731
+        states, metrics = member_fit(
+            stack_members(state),
+            jax.tree.map(run, data),
+            {},
+            run(num_examples).astype(jnp.int32),
+            stack_members(jnp.asarray(epochs, jnp.int32)),
+            run(logit_mask),
+            run(key),
+        )
+        return unstack_member(states), unstack_member(metrics)
+
+    return fit
+
+
+def chunked_map(fn: Callable[..., jax.Array], chunk: int, *arrays: jax.Array) -> jax.Array:
+    """``fn`` over ``chunk`` rows of ``arrays`` at a time (bounded memory); the rows are zero-padded
+    to a multiple of ``chunk`` and the padding dropped from the result."""
+    n = arrays[0].shape[0]
+    chunk = max(min(chunk, n), 1)
+    padded = -(-n // chunk) * chunk
+    shaped = [
+        jnp.concatenate([a, jnp.zeros((padded - n,) + a.shape[1:], a.dtype)]).reshape((-1, chunk) + a.shape[1:])
+        for a in arrays
+    ]
+    out = jax.lax.map(lambda args: fn(*args), tuple(shaped))
+    return out.reshape((padded,) + out.shape[2:])[:n]
+
+
 @functools.partial(jax.jit, static_argnames=("apply_fn", "chunk"))
-def predict(apply_fn, params: Params, x: jax.Array, mask_table_KxC, mask_index, chunk: int = 1000):
+def predict(apply_fn, params: Params, x: jax.Array, mask_table_KxC, mask_index, chunk: int = 1000) -> jax.Array:
     """Arg-max predictions, ``chunk`` examples at a time (bounded memory).
 
     Example n is classified among the classes ``mask_table[mask_index[n]]``:
     one all-true row is the maximal head, the seen classes the expanding head,
     one row per task with the true task's index the multi-head task oracle.
     """
-    n = x.shape[0]
-    padded = -(-n // chunk) * chunk
-    x = jnp.concatenate([x, jnp.zeros((padded - n,) + x.shape[1:], x.dtype)])
-    mask_index = jnp.concatenate([mask_index, jnp.zeros((padded - n,), mask_index.dtype)])
 
-    def one_chunk(args):
-        x_chunk, idx_chunk = args
+    def one_chunk(x_chunk, idx_chunk):
         logits = apply_fn(params, x_chunk, train=False)
         return jnp.argmax(mask_logits(logits, mask_table_KxC[idx_chunk]), axis=-1)
 
-    preds = jax.lax.map(one_chunk, (x.reshape((-1, chunk) + x.shape[1:]), mask_index.reshape(-1, chunk)))
-    return preds.reshape(-1)[:n]
+    return chunked_map(one_chunk, chunk, x, mask_index)
 
 
 @functools.partial(jax.jit, static_argnames=("apply_fn", "chunk"))
 def features(apply_fn, params: Params, x: jax.Array, chunk: int = 1000) -> jax.Array:
     """Penultimate activations ``apply_fn(params, x, method="features")`` in inference mode,
-    ``chunk`` examples at a time: the inputs of a head-only fit (``Strategy.trains_body``)."""
-    n = x.shape[0]
-    padded = -(-n // chunk) * chunk
-    x = jnp.concatenate([x, jnp.zeros((padded - n,) + x.shape[1:], x.dtype)])
-    feats = jax.lax.map(
-        lambda x_chunk: apply_fn(params, x_chunk, train=False, method="features"),
-        x.reshape((-1, chunk) + x.shape[1:]),
-    )
-    return feats.reshape((padded,) + feats.shape[2:])[:n]
+    ``chunk`` examples at a time: the inputs of a head-only fit on a frozen body."""
+    return chunked_map(lambda x_chunk: apply_fn(params, x_chunk, train=False, method="features"), chunk, x)
 
 
-def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
-    """[true class, predicted class] counts (int64)."""
+@functools.partial(jax.jit, static_argnames="num_classes")
+def confusion_matrix(labels: jax.Array, preds: jax.Array, num_classes: int) -> jax.Array:
+    """[true class, predicted class] counts (int32), computed where the arrays live."""
     chex.assert_equal_shape([labels, preds])
-    flat = np.asarray(labels, np.int64) * num_classes + np.asarray(preds, np.int64)
-    return np.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    flat = jnp.asarray(labels, jnp.int32) * num_classes + jnp.asarray(preds, jnp.int32)
+    return jnp.zeros(num_classes * num_classes, jnp.int32).at[flat].add(1).reshape(num_classes, num_classes)
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn", "num_classes", "chunk"))
+def evaluate(
+    apply_fn, params: Params, x: jax.Array, y: jax.Array, mask_table_KxC, mask_index, num_classes: int, chunk: int
+) -> jax.Array:
+    """The confusion matrix of ``params`` on a test set (``predict``'s heads): [C, C] int32."""
+    return confusion_matrix(y, predict(apply_fn, params, x, mask_table_KxC, mask_index, chunk), num_classes)

@@ -1,53 +1,54 @@
-"""The experiment loop: strategies x runs x batches, results.json, comparison table.
+"""The experiment loop: strategies x grid points x runs x batches, results.json, comparison table.
 
-A run is a pure function of (config, run index, key): ``run_stream`` derives
-every random number from ``key`` (one fold per batch), so runs can be repeated
-exactly, resumed, or later vmapped.
+The loop only orchestrates: for each strategy it builds a ``StreamProgram`` (``cljax.stream``:
+the pure, compiled batch step and evaluation), and for each *chunk* of members (with
+``vmap_runs`` every run and grid point of the strategy at once; without, one at a time) it
+builds batch B_i's arrays, calls the step, records what the step measured, and writes a
+checkpoint. A run is a pure function of (config, run index, key), so it gives the same numbers
+alone or stacked with others, and resumes exactly.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import glob
 import os
 import pickle
 import shutil
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from cljax import checkpoint, diagnostics, engine, metrics, monitor
-from cljax.config import ConfigError, strategy_hparams, strategy_names, validate
+from cljax import checkpoint, diagnostics, engine, metrics, monitor, stream
+from cljax import grid as grid_lib
+from cljax.config import ConfigError, strategy_grid, strategy_hparams, strategy_names, validate
 from cljax.files import write_json_atomic  # noqa: F401  (re-exported: the results writer)
-from cljax.models import HEAD, build_model
+from cljax.models import build_model
 from cljax.models.pretrained import merge_pretrained, restore_params
 from cljax.scenarios import DataError, Dataset, Scenario, build_scenario, load_dataset, nc_capacity
-from cljax.strategies import BatchContext, Strategy, make_strategy
+from cljax.strategies import Strategy, make_strategy, strategy_spec
 
 
-def data_capacity(dataset: Dataset, config, cumulative: bool) -> int:
+def data_capacity(dataset: Dataset, config, union: bool) -> int:
     """Rows to pad every batch to: the largest training set any run can produce.
 
     Benchmarks with official batches (``dataset.protocol``: CORe50, CIFAR splits)
     report it themselves (the largest batch, or cumulative set, over their runs).
     """
     if dataset.protocol is not None:
-        return dataset.protocol.capacity(cumulative)
+        return dataset.protocol.capacity(union)
     return nc_capacity(
         dataset.train_y,
         dataset.num_classes,
         config.classes_per_batch,
         config.first_batch_classes,
         config.num_batches,
-        cumulative,
+        union,
     )
 
 
@@ -68,6 +69,10 @@ class Heads:
             mask[list(self.scenario.batches[i].classes)] = True
         return mask
 
+    def fit_mask(self, i: int) -> np.ndarray:
+        """MT: the table of task heads (each example trains its own task's, ``task_index``); else B_i's head."""
+        return self.task_table() if self.kind == "multi" else self.train_mask(i)
+
     def eval_masks(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """(mask_table [K, C], mask_index [num_test]) for ``engine.predict``."""
         if self.kind != "multi":
@@ -86,27 +91,15 @@ class Heads:
         return np.where(task < 0, self.scenario.num_batches, task).astype(np.int32)
 
 
-def apply_head(params, features_BxD: jax.Array, train: bool = False, rngs=None) -> jax.Array:
-    """The classifier layer alone, on penultimate features: the model of a head-only fit."""
-    del train, rngs  # the head has no dropout
-    head = params["params"][HEAD]
-    return nn.Dense(head["kernel"].shape[-1]).apply({"params": head}, features_BxD)
-
-
 def head_kind(config, hp, strategy: Strategy) -> str:
     if config.setting == "mt":
         return "multi"
     return strategy.default_head if hp.head == "default" else hp.head
 
 
-@dataclasses.dataclass
-class StreamState:
-    """What a run carries from one batch to the next; a checkpoint holds exactly this."""
-
-    state: engine.TrainState
-    key: jax.Array  # the run's key: its initial weights and batch i's randomness derive from it
-    record: dict[str, Any]  # results so far; JSON-native values only (checkpointed as JSON)
-    next_batch: int  # 0-based index of the first batch still to train
+def has_convolutions(model, input_shape) -> bool:
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1,) + tuple(input_shape))))
+    return any(leaf.ndim == 4 for leaf in jax.tree.leaves(shapes))  # conv kernels are HWIO
 
 
 def step_loop(choice: str, model, input_shape) -> str:
@@ -117,211 +110,310 @@ def step_loop(choice: str, model, input_shape) -> str:
         return choice
     if jax.default_backend() != "cpu":
         return "device"
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1,) + tuple(input_shape))))
-    has_conv = any(leaf.ndim == 4 for leaf in jax.tree.leaves(shapes))  # conv kernels are HWIO
-    return "host" if has_conv else "device"
+    return "host" if has_convolutions(model, input_shape) else "device"
+
+
+def use_vmap(choice: str, model, input_shape) -> bool:
+    """``vmap_runs=auto``: vmapped runs everywhere but convolutional models on CPU, where a
+    vmapped convolution becomes a grouped one (several times slower on XLA:CPU) and gains nothing
+    on 2 cores (measured: BUILD_NOTES.md)."""
+    if choice != "auto":
+        return choice == "true"
+    return not (jax.default_backend() == "cpu" and has_convolutions(model, input_shape))
+
+
+def feature_cache_allowed(choice: str, model, input_shape) -> bool:
+    """``feature_cache``: on, off, or auto (on when the body's features do not depend on the mode:
+    then the head-only fit on cached features equals the masked full fit)."""
+    if choice != "auto":
+        return choice == "on"
+    return stream.features_are_deterministic(model, tuple(input_shape))
+
+
+@dataclasses.dataclass(frozen=True)
+class Chunk:
+    """Members trained together: runs x grid-point indices."""
+
+    runs: tuple[int, ...]
+    points: tuple[int, ...]
 
 
 @dataclasses.dataclass
-class Trainer:
-    """What one strategy needs for all its runs: model, transformation, compiled fit."""
+class StrategyJob:
+    """What one strategy needs for all its grid points and runs: entries, program, arrays."""
 
     name: str
     config: Any
-    hp: Any
     strategy: Strategy
-    model: Any
-    tx: Any
-    fit: Callable
+    points: list[dict[str, Any]]  # grid values per point ([{}] without a grid)
+    hparams: list[Any]  # merged values (ConfigDict) per point
+    program: stream.StreamProgram
+    traced: dict[str, jax.Array]  # [G] traced hyperparameters
     capacity: int
-    progress: monitor.ProgressDisplay | None = None  # steps done / total during each fit
-    head_fit: Callable | None = None  # head-only fit for batches with ``strategy.trains_body(i)`` False
-    pretrained: Any = None  # initial params read from config.init_checkpoint (None: random init)
+    head: str
+    vmap: bool
+    layers: list[str]
 
     @classmethod
-    def build(cls, config, name: str, dataset: Dataset, progress: monitor.ProgressDisplay | None = None) -> Trainer:
-        hp = strategy_hparams(config, name)
-        strategy = make_strategy(name, hp)
+    def build(cls, config, name: str, dataset: Dataset, progress: monitor.ProgressDisplay | None = None) -> StrategyJob:
+        spec = strategy_spec(name)
+        points = strategy_grid(config, name)
+        merged = [strategy_hparams(config, name, point) for point in points]
+        static = {k: merged[0][k] for k in spec.static_hparams(merged[0])}
+        strategy = make_strategy(name, static)
+        first = merged[0]  # training fields that fix the program (batch size, optimizer) are not gridded
         model = build_model(config, dataset.num_classes)
-        tx = strategy.transform(engine.make_optimizer(hp.optimizer, hp.momentum))
-        on_steps = progress.update if progress is not None else None
-        loop = step_loop(config.step_loop, model, dataset.input_shape)
-        fit = engine.make_fit(model.apply, tx, strategy.loss, hp.batch_size, progress=on_steps, loop=loop)
-        head_fit = engine.make_fit(apply_head, tx, strategy.loss, hp.batch_size, progress=on_steps)
-        capacity = data_capacity(dataset, config, strategy.cumulative_data)
-        trainer = cls(name, config, hp, strategy, model, tx, fit, capacity, progress=progress, head_fit=head_fit)
-        if config.init_checkpoint:
-            trainer.pretrained = restore_params(config.init_checkpoint)
-            # Checks the checkpoint against the model's shapes now (ConfigError), before any training.
+        tx = strategy.transform(engine.make_optimizer(first.optimizer, first.momentum))
+        pretrained = restore_params(config.init_checkpoint) if config.init_checkpoint else None
+        if pretrained is not None:  # checks the checkpoint against the model's shapes now (ConfigError)
             x = jnp.zeros((1,) + tuple(dataset.input_shape), jnp.float32)
-            shapes = jax.eval_shape(lambda key: model.init({"params": key}, x), jax.random.key(0))
-            merge_pretrained(shapes, trainer.pretrained)
-        return trainer
-
-    def init_state(self, key: jax.Array, input_shape) -> engine.TrainState:
-        params = self.model.init({"params": key}, jnp.zeros((1,) + tuple(input_shape), jnp.float32))
-        if self.pretrained is not None:  # config.init_checkpoint; a head of another size stays fresh
-            params = merge_pretrained(params, self.pretrained)
-        return engine.TrainState(params, self.tx.init(params), self.strategy.init(params))
-
-    def training_arrays(self, scenario: Scenario, i: int, heads: Heads) -> tuple[dict[str, jax.Array], int]:
-        batches = scenario.batches[: i + 1] if self.strategy.cumulative_data else scenario.batches[i : i + 1]
-        x = np.concatenate([b.x for b in batches])
-        y = np.concatenate([b.y for b in batches])
-        data = {"x": engine.pad_to(x, self.capacity), "y": engine.pad_to(y, self.capacity)}
-        if heads.kind == "multi":  # each example trains its own task's head (Cumulative mixes tasks)
-            data["mask_index"] = engine.pad_to(heads.task_index(y), self.capacity)
-        return jax.device_put(data), len(y)
-
-    def fit_batch(self, state: engine.TrainState, data, num_examples, epochs, logit_mask, key, index: int):
-        """Trains B_index: the whole model, or, when ``strategy.trains_body(index)`` is False (CWR,
-        CWR+ after B_1), the head alone on features computed once with Θ̄ frozen.
-
-        The head-only fit is a second compiled ``fit`` whose params are ``{'params': {'head': ...}}``:
-        Θ̄ is neither differentiated nor updated, so it stays bitwise unchanged whatever the
-        optimizer. Its optimizer state starts fresh each batch (the head is re-initialised anyway).
-        """
-        if self.strategy.trains_body(index):
-            return self.fit(state, data, num_examples, epochs, logit_mask, key)
-        chunk = min(self.config.eval_batch_size, self.capacity)
-        feats = engine.features(self.model.apply, state.params, data["x"], chunk=chunk)
-        head_params = {"params": {HEAD: state.params["params"][HEAD]}}
-        opt_state = engine.set_learning_rate(
-            self.tx.init(head_params), optax.tree.get(state.opt_state, "learning_rate")
+            merge_pretrained(jax.eval_shape(lambda k: model.init({"params": k}, x), jax.random.key(0)), pretrained)
+        program = stream.StreamProgram(
+            strategy,
+            model,
+            tx,
+            batch_size=first.batch_size,
+            num_classes=dataset.num_classes,
+            input_shape=tuple(dataset.input_shape),
+            eval_chunk=config.eval_batch_size,
+            loop=step_loop(config.step_loop, model, dataset.input_shape),
+            feature_cache=config.feature_cache != "off",
+            pretrained=pretrained,
+            progress=progress.update if progress is not None else None,
         )
-        head_state = engine.TrainState(head_params, opt_state, state.strategy_state)
-        head_state, fit_metrics = self.head_fit(head_state, {**data, "x": feats}, num_examples, epochs, logit_mask, key)
-        params = {**state.params, "params": {**state.params["params"], HEAD: head_state.params["params"][HEAD]}}
-        return state._replace(params=params, strategy_state=head_state.strategy_state), fit_metrics
-
-    def start_stream(self, scenario: Scenario, run: int, key: jax.Array) -> StreamState:
-        """A run before its first batch: initial weights from ``key``, an empty record."""
-        init_key, _ = jax.random.split(key)
-        state = self.init_state(init_key, scenario.input_shape)
-        record: dict[str, Any] = {
-            "run": run,
-            "class_order": list(scenario.class_order),
-            "batch_classes": scenario.batch_classes,
-            "head": head_kind(self.config, self.hp, self.strategy),
-            "accuracy": [],
-            "seen_accuracy": [],
-            "accuracy_matrix": [],
-            "train_examples": [],
-            "train_seconds": [],
-            "loss": [],
-            "confusion_matrices": [],
-            "diverged": None,
-        }
-        return StreamState(state, key, record, next_batch=0)
-
-    def run_stream(
-        self,
-        scenario: Scenario,
-        run: int,
-        key: jax.Array,
-        on_batch: Callable[[dict], None] | None = None,
-        *,
-        resume: StreamState | None = None,
-        on_checkpoint: Callable[[StreamState], None] | None = None,
-    ) -> dict:
-        """Trains and evaluates every batch of one run; returns its results record.
-
-        ``resume`` (a restored ``StreamState``) starts at its ``next_batch`` instead of
-        from the initial weights; since batch i draws its randomness from the run's key
-        (``fold_in(key, i)``), the numbers are those of an uninterrupted run.
-        ``on_checkpoint`` receives the stream after every completed batch, before
-        ``on_batch`` reports it.
-
-        Divergence guard: a non-finite loss or gradient in ``fit`` (which then stops at
-        the last good step), or non-finite parameters after ``after_batch``, ends the run
-        with ``record["diverged"] = {"batch", "step", "reason"}`` (``step`` None for the
-        parameter check); the batch is not evaluated and nothing is checkpointed for it.
-        """
-        heads = Heads(head_kind(self.config, self.hp, self.strategy), scenario)
-        stream = resume if resume is not None else self.start_stream(scenario, run, key)
-        state, record = stream.state, stream.record
-        init_key, key = jax.random.split(stream.key)
-        test_x = jax.device_put(scenario.test_x)
-        for i in range(stream.next_batch, scenario.num_batches):
-            batch = scenario.batches[i]
-            first = i == 0
-            params_before = self.strategy.eval_params(state)  # diagnostics: weight change over B_i
-            before_key, fit_key, after_key = jax.random.split(jax.random.fold_in(key, i), 3)
-            data, num_examples = self.training_arrays(scenario, i, heads)
-            logit_mask = jnp.asarray(heads.train_mask(i))
-            # MT: per-example task heads (a table indexed by data["mask_index"]); SIT: one mask.
-            fit_mask = jnp.asarray(heads.task_table()) if heads.kind == "multi" else logit_mask
-            ctx = BatchContext(
-                index=i,
-                classes=batch.classes,
-                seen_classes=tuple(scenario.seen_classes(i)),
-                num_classes=scenario.num_classes,
-                data=data,
-                num_examples=num_examples,
-                batch_sizes=tuple(len(b.y) for b in scenario.batches[: i + 1]),
-                apply_fn=self.model.apply,
-                logit_mask=logit_mask,
-                key=before_key,
+        if program.freezes_body() and config.feature_cache == "auto":
+            program = dataclasses.replace(
+                program, feature_cache=feature_cache_allowed("auto", model, dataset.input_shape)
             )
-            start = time.perf_counter()
-            if self.strategy.restart_each_batch:  # e.g. Cumulative: retrain from the initial weights
-                state = self.init_state(init_key, scenario.input_shape)._replace(strategy_state=state.strategy_state)
-            lr = self.hp.lr_first if first else self.hp.lr
-            state = state._replace(opt_state=engine.set_learning_rate(state.opt_state, lr))
-            state, data = self.strategy.before_batch(state, ctx)
-            epochs = self.hp.epochs_first if first else self.hp.epochs
-            if self.progress is not None:
-                self.progress.begin(f"{self.name:<11} run {run} batch {i + 1}/{scenario.num_batches}")
-            state, fit_metrics = self.fit_batch(state, data, num_examples, epochs, fit_mask, fit_key, i)
-            bad_step = int(fit_metrics.nonfinite_step)
-            if bad_step >= 0:
-                record["diverged"] = {"batch": i, "step": bad_step, "reason": "loss or gradient not finite"}
-                break
-            state = self.strategy.after_batch(state, dataclasses.replace(ctx, data=data, key=after_key))
-            if not bool(_all_finite((state.params, self.strategy.eval_params(state)))):
-                record["diverged"] = {"batch": i, "step": None, "reason": "parameters not finite after after_batch"}
-                break
-            jax.block_until_ready(state)
-            seconds = time.perf_counter() - start
+        names = stream.TRACED_TRAINING_FIELDS + spec.traced_names()
+        return cls(
+            name=name,
+            config=config,
+            strategy=strategy,
+            points=points,
+            hparams=merged,
+            program=program,
+            traced=stream.traced_hparams([m.to_dict() for m in merged], names),
+            capacity=data_capacity(dataset, config, strategy.training_data == "union"),
+            head=head_kind(config, first, strategy),
+            vmap=use_vmap(config.vmap_runs, model, dataset.input_shape),
+            layers=program.layer_names(),
+        )
 
-            table, index = heads.eval_masks(i)
-            preds = engine.predict(
-                self.model.apply,
-                self.strategy.eval_params(state),
-                test_x,
-                jnp.asarray(table),
-                jnp.asarray(index),
-                chunk=min(self.config.eval_batch_size, len(scenario.test_y)),
-            )
-            cm = engine.confusion_matrix(scenario.test_y, np.asarray(preds), scenario.num_classes)
-            record["accuracy"].append(float(np.trace(cm) / cm.sum()))
-            record["seen_accuracy"].append(metrics.class_set_accuracy(cm, scenario.seen_classes(i)))
-            record["accuracy_matrix"].append([metrics.class_set_accuracy(cm, b.classes) for b in scenario.batches])
-            record["train_examples"].append(num_examples)
-            record["train_seconds"].append(seconds)
-            record["loss"].append(float(fit_metrics.loss))
-            record["confusion_matrices"].append(cm.tolist())
-            # Section 5 diagnostics (weight change, importance histograms) into record["diagnostics"].
-            diagnostics.record_batch(record, params_before, state, self.strategy)
-            if on_checkpoint is not None:
-                on_checkpoint(StreamState(state, stream.key, record, next_batch=i + 1))
-            if on_batch is not None:
-                on_batch(
-                    {
-                        "strategy": self.name,
-                        "run": run,
-                        "batch": i,
-                        "num_batches": scenario.num_batches,
-                        "accuracy": record["accuracy"][-1],
-                        "seen_accuracy": record["seen_accuracy"][-1],
-                        "loss": record["loss"][-1],
-                        "seconds": seconds,
-                    }
-                )
-        return record
+    def entry(self, point: int) -> str:
+        return grid_lib.entry_name(self.name, self.points[point])
+
+    def chunks(self, num_runs: int) -> list[Chunk]:
+        """All members at once when vmapped, else one member at a time (grid point by grid point)."""
+        if self.vmap:
+            return [Chunk(tuple(range(num_runs)), tuple(range(len(self.points))))]
+        return [Chunk((run,), (point,)) for point in range(len(self.points)) for run in range(num_runs)]
 
 
-_all_finite = jax.jit(engine.tree_all_finite)
+def run_key(config, run: int) -> jax.Array:
+    return jax.random.fold_in(jax.random.key(config.seed), run)
+
+
+def batch_inputs(job: StrategyJob, scenarios: list[Scenario], heads: list[Heads], keys, i: int) -> stream.BatchInputs:
+    """Batch B_i of every run of a chunk, padded to the job's capacity and stacked over runs."""
+    num_classes, num_batches = scenarios[0].num_classes, scenarios[0].num_batches
+    data, counts, sizes = [], [], []
+    for scenario, head in zip(scenarios, heads, strict=True):
+        x, y = scenario.training_set(i, union=job.strategy.training_data == "union")
+        arrays = {"x": engine.pad_to(x, job.capacity), "y": engine.pad_to(y, job.capacity)}
+        if head.kind == "multi":  # each example trains its own task's head (Cumulative mixes tasks)
+            arrays["mask_index"] = engine.pad_to(head.task_index(y), job.capacity)
+        data.append(arrays)
+        counts.append(np.bincount(y, minlength=num_classes).astype(np.float32))
+        sizes.append([len(b.y) if j <= i else 0 for j, b in enumerate(scenario.batches)])
+    classes = np.zeros((len(scenarios), num_classes), bool)
+    seen = np.zeros_like(classes)
+    for r, scenario in enumerate(scenarios):
+        classes[r, list(scenario.batches[i].classes)] = True
+        seen[r, scenario.seen_classes(i)] = True
+    return stream.BatchInputs(
+        index=jnp.int32(i),
+        data=jax.device_put({k: np.stack([d[k] for d in data]) for k in data[0]}),
+        num_examples=jnp.asarray([int(c.sum()) for c in counts], jnp.int32),
+        classes=jnp.asarray(classes),
+        seen_classes=jnp.asarray(seen),
+        class_counts=jnp.asarray(np.stack(counts)),
+        batch_sizes=jnp.asarray(np.asarray(sizes, np.int32).reshape(len(scenarios), num_batches)),
+        logit_mask=jnp.asarray(np.stack([h.train_mask(i) for h in heads])),
+        fit_mask=jnp.asarray(np.stack([h.fit_mask(i) for h in heads])),
+        run_keys=keys,
+    )
+
+
+def eval_inputs(scenarios: list[Scenario], heads: list[Heads], test_x, i: int) -> stream.EvalInputs:
+    tables, indices = zip(*(h.eval_masks(i) for h in heads), strict=True)
+    return stream.EvalInputs(
+        x=test_x,
+        y=jnp.asarray(np.stack([s.test_y for s in scenarios])),
+        mask_table=jnp.asarray(np.stack(tables)),
+        mask_index=jnp.asarray(np.stack(indices)),
+    )
+
+
+def shared_test_images(scenarios: list[Scenario]) -> jax.Array:
+    """The runs' test images on the device: one copy when they are the same array, else stacked."""
+    if all(s.test_x is scenarios[0].test_x for s in scenarios):
+        return jax.device_put(scenarios[0].test_x)
+    return jax.device_put(np.stack([s.test_x for s in scenarios]))
+
+
+def start_record(scenario: Scenario, run: int, head: str) -> dict[str, Any]:
+    return {
+        "run": run,
+        "class_order": list(scenario.class_order),
+        "batch_classes": scenario.batch_classes,
+        "head": head,
+        "accuracy": [],
+        "seen_accuracy": [],
+        "accuracy_matrix": [],
+        "train_examples": [],
+        "train_seconds": [],
+        "loss": [],
+        "confusion_matrices": [],
+        "diverged": None,
+    }
+
+
+def add_batch(record: dict, scenario: Scenario, i: int, cm: np.ndarray, num_examples: int, seconds: float) -> None:
+    record["accuracy"].append(float(np.trace(cm) / cm.sum()))
+    record["seen_accuracy"].append(metrics.class_set_accuracy(cm, scenario.seen_classes(i)))
+    record["accuracy_matrix"].append([metrics.class_set_accuracy(cm, b.classes) for b in scenario.batches])
+    record["train_examples"].append(num_examples)
+    record["train_seconds"].append(seconds)
+    record["confusion_matrices"].append(cm.tolist())
+
+
+def divergence(metrics_host: dict[str, np.ndarray], r: int, g: int, i: int) -> dict | None:
+    """What ``record["diverged"]`` says when member (r, g) failed in batch i; None if it did not."""
+    bad_step = int(metrics_host["nonfinite_step"][r, g])
+    if bad_step >= 0:
+        return {"batch": i, "step": bad_step, "reason": "loss or gradient not finite"}
+    if not bool(metrics_host["params_finite"][r, g]):
+        return {"batch": i, "step": None, "reason": "parameters not finite after after_batch"}
+    return None
+
+
+@dataclasses.dataclass
+class ChunkProgress:
+    """A chunk in flight; a checkpoint holds exactly this (with the states)."""
+
+    states: engine.TrainState  # [R, G]
+    records: list[list[dict]]  # [R][G] JSON-native run records
+    alive: np.ndarray  # bool [R, G]: not diverged
+    next_batch: int  # 0-based index of the first batch still to train
+
+
+def train_chunk(
+    job: StrategyJob,
+    chunk: Chunk,
+    scenarios: list[Scenario],
+    progress: ChunkProgress,
+    on_batch: Callable[[dict], None] | None = None,
+    on_checkpoint: Callable[[ChunkProgress], None] | None = None,
+    display: monitor.ProgressDisplay | None = None,
+    on_diverged: Callable[[int, int, dict], None] | None = None,
+) -> ChunkProgress:
+    """Trains and evaluates the remaining batches of a chunk's members; returns their final progress.
+
+    Divergence guard: a member whose loss or gradient turns non-finite in the fit, or whose
+    parameters are not finite after ``after_batch``, stops with ``record["diverged"]`` set
+    (``batch``, ``step`` or None, ``reason``); its state stays that of the batch before, and the
+    other members go on. ``on_diverged(run, point, record)`` hears of it at once, before the
+    batch's checkpoint (which then holds the dead member's last good state).
+    """
+    heads = [Heads(job.head, s) for s in scenarios]
+    keys = jnp.stack([run_key(job.config, r) for r in chunk.runs])
+    traced = {k: v[jnp.asarray(chunk.points)] for k, v in job.traced.items()}
+    test_x = shared_test_images(scenarios)
+    states, records, alive = progress.states, progress.records, progress.alive.copy()
+    num_batches = scenarios[0].num_batches
+    for i in range(progress.next_batch, num_batches):
+        inputs = batch_inputs(job, scenarios, heads, keys, i)
+        if display is not None:
+            display.begin(f"{job.name:<11} {runs_label(chunk.runs)} batch {i + 1}/{num_batches}")
+        start = time.perf_counter()
+        states, batch_metrics = job.program.train_batch(states, inputs, traced, jnp.asarray(alive))
+        jax.block_until_ready(states)
+        seconds = time.perf_counter() - start
+        cms = np.asarray(job.program.evaluate(states, eval_inputs(scenarios, heads, test_x, i)))
+        host = {k: np.asarray(v) for k, v in batch_metrics._asdict().items()}
+        num_examples = np.asarray(inputs.num_examples)
+        for r, run in enumerate(chunk.runs):
+            for g, point in enumerate(chunk.points):
+                if not alive[r, g]:
+                    continue
+                record = records[r][g]
+                failed = divergence(host, r, g, i)
+                if failed is not None:
+                    record["diverged"] = failed
+                    alive[r, g] = False
+                    if on_diverged is not None:
+                        on_diverged(run, point, record)
+                    continue
+                add_batch(record, scenarios[r], i, cms[r, g], int(num_examples[r]), seconds)
+                record["loss"].append(float(host["loss"][r, g]))
+                max_f = job.hparams[point].get("max_f", float("inf"))
+                importance = None
+                if job.strategy.importance is not None:
+                    importance = (
+                        host["importance_F"][r, g],
+                        host["importance_F_hat"][r, g],
+                        host["saturated"][r, g],
+                        max_f,
+                    )
+                diagnostics.record_batch(record, job.layers, host["weight_change"][r, g], importance)
+        progress = ChunkProgress(states, records, alive, next_batch=i + 1)
+        if on_checkpoint is not None:
+            on_checkpoint(progress)
+        if on_batch is not None:
+            for r, run in enumerate(chunk.runs):
+                for g, point in enumerate(chunk.points):
+                    record = records[r][g]
+                    if record["diverged"] is None:
+                        on_batch(
+                            {
+                                "strategy": job.entry(point),
+                                "run": run,
+                                "batch": i,
+                                "num_batches": num_batches,
+                                "accuracy": record["accuracy"][-1],
+                                "seen_accuracy": record["seen_accuracy"][-1],
+                                "loss": record["loss"][-1],
+                                "seconds": seconds,
+                            }
+                        )
+        if not alive.any():
+            break
+    return ChunkProgress(states, records, alive, next_batch=num_batches)
+
+
+def runs_label(runs: tuple[int, ...]) -> str:
+    """'run 3' or 'runs 0,1,2'."""
+    return f"run {runs[0]}" if len(runs) == 1 else f"runs {','.join(str(r) for r in runs)}"
+
+
+def start_chunk(job: StrategyJob, chunk: Chunk, scenarios: list[Scenario]) -> ChunkProgress:
+    """A chunk before its first batch: initial weights from the runs' keys, empty records."""
+    keys = jnp.stack([run_key(job.config, r) for r in chunk.runs])
+    states = job.program.init(keys, len(chunk.points))
+    records = [
+        [start_record(s, run, job.head) for _ in chunk.points] for s, run in zip(scenarios, chunk.runs, strict=True)
+    ]
+    return ChunkProgress(states, records, np.ones((len(chunk.runs), len(chunk.points)), bool), next_batch=0)
+
+
+def run_stream(job: StrategyJob, dataset: Dataset, runs: list[int], point: int = 0, **kwargs) -> list[dict]:
+    """The records of ``runs`` at grid point ``point`` (one chunk, no checkpoints): the library's
+    way to run a strategy without a workdir."""
+    chunk = Chunk(tuple(runs), (point,))
+    scenarios = [build_scenario(job.config, r, dataset) for r in runs]
+    final = train_chunk(job, chunk, scenarios, start_chunk(job, chunk, scenarios), **kwargs)
+    return [final.records[r][0] for r in range(len(runs))]
 
 
 def print_progress(event: dict) -> None:
@@ -371,11 +463,6 @@ def prepare(config) -> tuple[Dataset, list[str]]:
     return dataset, strategy_names(config)
 
 
-def checkpoint_step(strategy_index: int, run: int, batch: int, num_runs: int, num_batches: int) -> int:
-    """The checkpoint step of a completed batch: its position in the experiment (monotonic)."""
-    return (strategy_index * num_runs + run) * num_batches + batch
-
-
 def divergence_message(name: str, run: int, diverged: dict, num_batches: int, checkpoint_path: str | None) -> str:
     step = "" if diverged["step"] is None else f" at step {diverged['step']}"
     kept = (
@@ -389,43 +476,17 @@ def divergence_message(name: str, run: int, diverged: dict, num_batches: int, ch
     )
 
 
-def _save_batch(
-    checkpoints: checkpoint.Checkpoints, results: dict, name: str, run: int, step_of: Callable, stream: StreamState
-) -> None:
-    """``on_checkpoint``: the stream and everything finished so far, as the batch's step."""
-    batch = stream.next_batch - 1
-    progress = {"strategy": name, "run": run, "batch": batch, "record": stream.record, "results": results}
-    checkpoints.save(step_of(batch), stream.state, stream.key, progress)
-
-
-def _restore_stream(
-    checkpoints: checkpoint.Checkpoints, step: int, progress: dict, trainer: Trainer, scenario: Scenario, key
-) -> StreamState:
-    """The run of ``progress`` as checkpointed at ``step``, shaped like a fresh one."""
-    fresh = trainer.start_stream(scenario, progress["run"], key)
-    state, run_key = checkpoints.restore(step, fresh.state, fresh.key)
-    resume = StreamState(state, run_key, progress["record"], next_batch=progress["batch"] + 1)
-    print(
-        f"{trainer.name} run {progress['run']}: resuming after batch {resume.next_batch}/{scenario.num_batches} "
-        f"from {checkpoints.path(step)}",
-        flush=True,
-    )
-    return resume
-
-
-def _report_divergence(
-    checkpoints: checkpoint.Checkpoints, record: dict, name: str, run: int, step_of: Callable, num_batches: int
-) -> None:
+def _report_divergence(checkpoints: checkpoint.Checkpoints, record: dict, name: str, kept_step, num_batches) -> None:
     """Keeps the run's last good checkpoint (the batch before the bad one), names it in the
     record (relative to the workdir) and prints the message."""
     diverged = record["diverged"]
-    kept = step_of(diverged["batch"] - 1) if diverged["batch"] > 0 else None
+    kept = kept_step if diverged["batch"] > 0 else None
     if kept is not None:
         checkpoints.keep(kept)
     diverged["checkpoint_step"] = kept
     diverged["checkpoint"] = None if kept is None else os.path.join(checkpoint.CHECKPOINTS_DIR, str(kept))
     path = None if kept is None else checkpoints.path(kept)
-    print(divergence_message(name, run, diverged, num_batches, path), flush=True)
+    print(divergence_message(name, record["run"], diverged, num_batches, path), flush=True)
 
 
 def clear_workdir(workdir: str) -> None:
@@ -439,37 +500,45 @@ def clear_workdir(workdir: str) -> None:
         os.unlink(path)
 
 
+def finished_runs(entry: Mapping[str, Any]) -> set[int]:
+    return {int(record["run"]) for record in entry.get("runs", [])}
+
+
 def run_experiment(
     config, workdir: str, log: Callable[[dict], None] = print_progress, show_progress: bool = True
 ) -> dict:
-    """Runs every strategy and run of ``config``; writes ``<workdir>/results.json`` (and the per-batch
-    diagnostics beside it) after each run, a checkpoint after each batch, TensorBoard scalars after
-    each batch when ``tensorboard`` is installed, and ``<workdir>/report/`` at the end (``cljax.report``).
+    """Runs every strategy, grid point and run of ``config``; writes ``<workdir>/results.json`` (and
+    the per-batch diagnostics beside it) after each chunk of runs, a checkpoint after each batch,
+    TensorBoard scalars after each batch when ``tensorboard`` is installed, and ``<workdir>/report/``
+    at the end (``cljax.report``).
 
     Everything is validated and the workdir checked before anything is written. A checkpoint
-    holds the run's state and record and every finished run, so a workdir holding checkpoints of
-    the same config resumes from its last completed batch (exactly: see ``run_stream``); one
-    holding another config is refused unless ``config.overwrite``.
+    holds the chunk's states and records and every finished run, so a workdir holding checkpoints
+    of the same config resumes from its last completed batch (exactly: a run's randomness derives
+    from its key alone); one holding another config is refused unless ``config.overwrite``.
     """
     from cljax import report  # matplotlib: imported only when a job runs
 
     dataset, names = prepare(config)
+    jobs = {}
+    display = monitor.ProgressDisplay() if show_progress else None
+    for name in names:  # builds every program (and checks init_checkpoint) before anything is written
+        jobs[name] = StrategyJob.build(config, name, dataset, display)
     if config.overwrite:
         clear_workdir(workdir)
     else:
         checkpoint.check_workdir(workdir, config)
     checkpoints = checkpoint.Checkpoints(os.path.join(workdir, checkpoint.CHECKPOINTS_DIR))
     latest = checkpoints.latest_step()
-    progress = checkpoints.progress(latest) if latest is not None else None
+    saved = checkpoints.progress(latest) if latest is not None else None
     results: dict[str, Any] = {
         "config": config.to_dict(),
-        "strategies": progress["results"]["strategies"] if progress else {},
+        "strategies": saved["results"]["strategies"] if saved else {},
     }
-    for entry in results["strategies"].values():
-        for record in entry["runs"]:
-            if record["diverged"] and record["diverged"]["checkpoint_step"] is not None:
-                checkpoints.keep(record["diverged"]["checkpoint_step"])
-    display = monitor.ProgressDisplay() if show_progress else None
+    in_flight = [rec for row in saved["records"] for rec in row] if saved else []
+    for record in [rec for entry in results["strategies"].values() for rec in entry["runs"]] + in_flight:
+        if record["diverged"] and record["diverged"]["checkpoint_step"] is not None:
+            checkpoints.keep(record["diverged"]["checkpoint_step"])
     scalars = monitor.tensorboard_writer(os.path.join(workdir, "tensorboard"))
 
     def on_batch(event: dict) -> None:
@@ -478,28 +547,64 @@ def run_experiment(
             values = {k: event[k] for k in ("accuracy", "seen_accuracy", "loss", "seconds")}
             scalars.scalars(event["strategy"], event["run"], event["batch"] + 1, values)
 
-    for s, name in enumerate(names):
-        entry = results["strategies"].setdefault(name, {"runs": []})
-        runs = entry["runs"]
-        if len(runs) == config.num_runs:
-            continue
-        trainer = Trainer.build(config, name, dataset, display)
-        for run in range(len(runs), config.num_runs):
-            scenario = build_scenario(config, run, dataset)
-            key = jax.random.fold_in(jax.random.key(config.seed), run)
-            step_of = functools.partial(
-                checkpoint_step, s, run, num_runs=config.num_runs, num_batches=scenario.num_batches
+    num_batches = build_scenario(config, 0, dataset).num_batches
+    chunk_index = 0
+    for name in names:
+        job = jobs[name]
+        for point, values in enumerate(job.points):
+            entry = results["strategies"].setdefault(job.entry(point), {"runs": []})
+            if values:
+                entry.update(strategy=name, hparams=dict(values))
+        for chunk in job.chunks(config.num_runs):
+            k, chunk_index = chunk_index, chunk_index + 1
+            members = [(run, point) for run in chunk.runs for point in chunk.points]
+            if all(run in finished_runs(results["strategies"][job.entry(p)]) for run, p in members):
+                continue
+            scenarios = [build_scenario(config, r, dataset) for r in chunk.runs]
+            progress = start_chunk(job, chunk, scenarios)
+            if saved is not None and saved["chunk"] == k:
+                states = checkpoints.restore(latest, progress.states)
+                progress = ChunkProgress(states, saved["records"], np.asarray(saved["alive"], bool), saved["batch"] + 1)
+                print(
+                    f"{name} {runs_label(chunk.runs)}: resuming after batch {progress.next_batch}/{num_batches} "
+                    f"from {checkpoints.path(latest)}",
+                    flush=True,
+                )
+
+            def save(chunk_progress: ChunkProgress, k: int = k) -> None:
+                batch = chunk_progress.next_batch - 1
+                payload = {
+                    "chunk": k,
+                    "batch": batch,
+                    "records": chunk_progress.records,
+                    "alive": chunk_progress.alive.tolist(),
+                    "results": results,
+                }
+                checkpoints.save(k * num_batches + batch, chunk_progress.states, payload)
+
+            def diverged(run: int, point: int, record: dict, k: int = k, job: StrategyJob = job) -> None:
+                kept = k * num_batches + record["diverged"]["batch"] - 1
+                _report_divergence(checkpoints, record, job.entry(point), kept, num_batches)
+
+            final = train_chunk(
+                job,
+                chunk,
+                scenarios,
+                progress,
+                on_batch=on_batch,
+                on_checkpoint=save,
+                display=display,
+                on_diverged=diverged,
             )
-            resume = None
-            if progress is not None and (progress["strategy"], progress["run"]) == (name, run):
-                resume = _restore_stream(checkpoints, latest, progress, trainer, scenario, key)
-            save = functools.partial(_save_batch, checkpoints, results, name, run, step_of)
-            record = trainer.run_stream(scenario, run, key, on_batch=on_batch, resume=resume, on_checkpoint=save)
-            if record["diverged"] is not None:
-                _report_divergence(checkpoints, record, name, run, step_of, scenario.num_batches)
-            runs.append(record)
-            complete = [r for r in runs if r["diverged"] is None]
-            entry["summary"] = metrics.summarize(complete) if complete else None
+            for r in range(len(chunk.runs)):
+                for g, point in enumerate(chunk.points):
+                    record = final.records[r][g]
+                    entry = results["strategies"][job.entry(point)]
+                    entry["runs"] = sorted([*entry["runs"], record], key=lambda rec: rec["run"])
+            for point in chunk.points:
+                entry = results["strategies"][job.entry(point)]
+                complete = [rec for rec in entry["runs"] if rec["diverged"] is None]
+                entry["summary"] = metrics.summarize(complete) if complete else None
             diagnostics.write_results(workdir, results)  # results.json + diagnostics_<strategy>.npz
     diagnostics.write_results(workdir, results)  # also when a resumed workdir had nothing left to do
     checkpoints.close()

@@ -7,14 +7,17 @@ and exit code 2, before anything is trained or written.
 
 from __future__ import annotations
 
+import os
 import sys
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cljax import experiment
+from cljax import experiment, grid
 from cljax.config import ConfigError
 from cljax.scenarios import DataError
+from cljax.strategies import STRATEGIES
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/default", "Directory for results.json, checkpoints and reports.")
 
@@ -76,9 +79,24 @@ def main(argv: list[str]) -> None:
     sys.exit(run(config, _WORKDIR.value))
 
 
+def compilation_cache_dir() -> str:
+    """Where compiled programs are kept between runs: $CLJAX_CACHE_DIR, else the user cache dir."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.environ.get("CLJAX_CACHE_DIR") or os.path.join(base, "cljax", "xla")
+
+
+def use_compilation_cache(enabled: bool) -> None:
+    """JAX's persistent compilation cache: a rerun (or another job with the same programs) loads
+    the compiled programs instead of compiling them again; results are the same either way."""
+    if enabled:
+        jax.config.update("jax_compilation_cache_dir", compilation_cache_dir())
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
 def run(config, workdir: str) -> int:
     """The command after flag parsing: runs (or resumes) the experiment; returns the exit code,
     2 after one line on stderr for bad input (config, data, a workdir holding another config)."""
+    use_compilation_cache(bool(config.compilation_cache))
     try:
         results = experiment.run_experiment(config, workdir)
     except (ConfigError, DataError) as e:
@@ -92,5 +110,7 @@ def run(config, workdir: str) -> int:
 
 
 if __name__ == "__main__":
+    # --config.ewc.strength=1e3,1e4: a list on a grid-able field is a hyper-grid (cljax/grid.py).
+    sys.argv = grid.split_grid_flags(sys.argv, STRATEGIES)
     define_config_flag(sys.argv)
     app.run(main, flags_parser=parse_flags)

@@ -5,7 +5,7 @@
   so the base optimizer (SGD, momentum, Adam) sees task gradient + penalty gradient.
 - ``si_path_tracker``: a pass-through that goes LAST in the chain, where its input is the update Δθ
   actually applied; it receives the raw task-loss gradient g as the keyword extra argument
-  ``task_grads`` and accumulates the SI path integral Σ −g·Δθ (eq. 9-10, sign as in PAPER_NOTES:
+  ``task_grads`` and accumulates the SI path integral Σ −g·Δθ (eq. 9-10, with the minus sign that eq. 9 drops:
   importance comes out non-negative for SGD). Because Δθ is the applied update, it is right for any
   base optimizer, not only plain SGD (where it reduces to η·g²).
 
@@ -18,6 +18,11 @@ Between batches the strategies read and replace these states inside the chained 
 the pure helpers below (``anchor_state``/``replace_anchor_state``, ``si_path_state``/``reset_si_path``);
 replacements keep every leaf's dtype and, under a mask, the ``optax.MaskedNode`` placeholders, so the
 compiled training step is reused by every batch.
+
+``anchor_penalty_in_state(mask)`` is the penalty with λ held in the optimizer state
+(``optax.inject_hyperparams``), set per batch with ``set_hyperparams(opt_state, strength=λ)``: a
+hyper-grid over λ then runs in one compiled program. ``freeze_body(head)`` zeroes the update of
+every parameter outside the classifier while its state flag is set (CWR, CWR+ after B_1).
 
 Masks follow ``optax.masked``: a pytree of Python bools (or a callable params -> such a pytree),
 ``True`` where the transformation applies. Unmasked-out leaves get no penalty, no importance and no
@@ -175,10 +180,10 @@ def anchor_state(opt_state: optax.OptState) -> QuadraticAnchorState:
     return found
 
 
-def importance_report(raw_importance, opt_state: optax.OptState, max_f: float) -> dict:
+def importance_report(raw_importance, opt_state: optax.OptState) -> dict:
     """``Strategy.importance`` for penalty strategies (EWC, SI, AR1): the raw accumulated
-    importance F, the clipped F̂ the penalty uses (from its state), and the clip value."""
-    return {"F": raw_importance, "F_hat": anchor_state(opt_state).importance, "max_f": max_f}
+    importance F and the clipped F̂ the penalty uses (from its state)."""
+    return {"F": raw_importance, "F_hat": anchor_state(opt_state).importance}
 
 
 def replace_anchor_state(
@@ -220,7 +225,7 @@ def si_batch_importance(tracker: SIPathState, params: Params, xi: float) -> Para
 
     T_k = θ_k − θ_k(start) is the total move of the weight during the batch. The path −g·Δθ can
     turn negative for some weights when the penalty is active: the batch importance is clipped
-    at zero (PAPER_NOTES) so F only accumulates. ``MaskedNode`` leaves stay masked.
+    at zero so F only accumulates. ``MaskedNode`` leaves stay masked.
     """
     return map_unmasked(
         lambda path, start, p: jnp.maximum(path / ((p - start) ** 2 + xi), 0.0).astype(path.dtype),
@@ -228,3 +233,73 @@ def si_batch_importance(tracker: SIPathState, params: Params, xi: float) -> Para
         tracker.start,
         params,
     )
+
+
+# Hyperparameters in the optimizer state. ------------------------------------------------------
+
+
+def anchor_penalty_in_state(mask: Mask | None = None) -> optax.GradientTransformationExtraArgs:
+    """``quadratic_anchor_penalty`` whose strength λ lives in the optimizer state (0 until set).
+
+    Set it with ``set_hyperparams(opt_state, strength=λ)``: λ is then a traced value, so runs
+    and grid points with different λ share one compiled training step.
+    """
+    return optax.inject_hyperparams(quadratic_anchor_penalty, static_args="mask")(strength=0.0, mask=mask)
+
+
+def set_hyperparams(opt_state: optax.OptState, **values: Any) -> optax.OptState:
+    """Writes injected hyperparameters (``optax.inject_hyperparams``: ``learning_rate``,
+    ``strength``, ...) into ``opt_state``, each cast to the stored dtype (no recompile).
+    Every hyperparameter of that name is set; a name the state does not hold is a KeyError."""
+    for name, value in values.items():
+        old = optax.tree.get(opt_state, name)
+        if old is None:
+            raise KeyError(f"opt_state holds no injected hyperparameter {name!r}")
+        opt_state = optax.tree.set(opt_state, **{name: jnp.asarray(value, old.dtype)})
+    return opt_state
+
+
+# Frozen shared weights (CWR, CWR+). ------------------------------------------------------------
+
+
+class FrozenBodyState(NamedTuple):
+    """State of ``freeze_body``: whether the parameters outside the classifier are frozen."""
+
+    frozen: jax.Array  # bool []
+
+
+def freeze_body(head: str = "head") -> optax.GradientTransformationExtraArgs:
+    """Zeroes the updates of every parameter outside the dict key ``head`` while frozen.
+
+    Put it last in the chain: the body's applied update is then exactly zero and Θ̄ stays
+    bitwise unchanged whatever the base optimizer. The flag starts False; strategies set it
+    with ``set_frozen`` (CWR: Θ̄ learns on B_1 only, Alg. 1 lines 7-8). The engine trains a
+    frozen body's batches on cached penultimate features when that gives the same result.
+    """
+    body = exclude_mask(head)
+
+    def init_fn(params: Params) -> FrozenBodyState:
+        del params
+        return FrozenBodyState(jnp.zeros((), bool))
+
+    def update_fn(updates, state: FrozenBodyState, params=None, **extra_args):
+        del params, extra_args
+        updates = jax.tree.map(
+            lambda in_body, u: jnp.where(state.frozen, jnp.zeros_like(u), u) if in_body else u, body(updates), updates
+        )
+        return updates, state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def frozen_body(opt_state: optax.OptState) -> jax.Array | None:
+    """The ``freeze_body`` flag inside ``opt_state``; None when the chain has no ``freeze_body``."""
+    found = optax.tree.get(opt_state, "FrozenBodyState")
+    return None if found is None else found.frozen
+
+
+def set_frozen(opt_state: optax.OptState, frozen: Any) -> optax.OptState:
+    """``opt_state`` with the ``freeze_body`` flag set to ``frozen`` (a traced bool is fine)."""
+    if frozen_body(opt_state) is None:
+        raise KeyError("opt_state holds no freeze_body state")
+    return optax.tree.set(opt_state, FrozenBodyState=FrozenBodyState(jnp.asarray(frozen, bool)))

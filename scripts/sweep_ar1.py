@@ -7,7 +7,7 @@ Every grid point runs AR1 with the config's ``ar1`` section (``--config.ar1.<fie
 it; w_1 follows w_i unless ``--w_first`` is given) on the config's runs (class orders), and prints
 one Markdown row: final accuracy mean ± std, average accuracy, forgetting, η·λ·max_F (stability
 needs ≤ 1, eq. 7) and the fraction of Θ̄'s F̂ saturated at max_F after the last batch (too many
-saturated weights freeze Θ̄, PAPER_NOTES). A tiny λ (1e-6; validation wants λ > 0) is the ablation
+saturated weights freeze Θ̄, sec. 2.3). A tiny λ (1e-6; validation wants λ > 0) is the ablation
 "CWR+ head, Θ̄ trained freely". ``--json`` writes every row to a file.
 """
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 
 import pytest
 
@@ -18,6 +19,12 @@ from cljax.config import base_config  # noqa: E402
 # Hand-computed comparisons need true float32 matmuls: GPUs default to TF32-like precision
 # (seen on an H200: relative errors of 1e-3 in a one-step SGD check). No effect on CPU.
 jax.config.update("jax_default_matmul_precision", "highest")
+
+# Tests build the same small programs many times (and the CLI tests in subprocesses): JAX's
+# persistent compilation cache, shared by the whole session, compiles each of them once.
+os.environ.setdefault("CLJAX_CACHE_DIR", tempfile.mkdtemp(prefix="cljax-xla-"))
+jax.config.update("jax_compilation_cache_dir", os.environ["CLJAX_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 @pytest.fixture

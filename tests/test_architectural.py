@@ -4,7 +4,6 @@ again, and AR1's SI restricted to the shared weights."""
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import chex
 import jax
@@ -14,14 +13,14 @@ import numpy as np
 import optax
 import pytest
 
-from cljax import transforms
+from cljax import engine, experiment, transforms
 from cljax.config import TRAINING_FIELDS, ConfigError, base_config, strategy_hparams, validate
 from cljax.engine import TrainState
-from cljax.experiment import Trainer
 from cljax.scenarios import IncrementalBatch, Scenario, build_scenario, load_dataset
-from cljax.strategies import BatchContext, make_strategy
 from cljax.strategies import head as head_lib
-from cljax.strategies.cwr_plus import mean_shift
+from cljax.strategies import make_strategy
+from cljax.strategies.head import mean_shift
+from tests import helpers
 
 ARCHITECTURAL = ("cwr", "cwr_plus", "ar1")
 
@@ -45,38 +44,18 @@ def tiny_config(strategy: str, **overrides) -> ml_collections.ConfigDict:
     return config
 
 
-def recording(trainer: Trainer) -> tuple[Trainer, list[tuple[str, int, TrainState]]]:
-    """The trainer with its hooks wrapped to log the state after ``before_batch`` ('reset'),
-    after the fit ('trained') and after ``after_batch`` ('consolidated')."""
-    log: list[tuple[str, int, TrainState]] = []
-    strategy = trainer.strategy
-
-    def before(state, ctx):
-        state, data = strategy.before_batch(state, ctx)
-        log.append(("reset", ctx.index, state))
-        return state, data
-
-    def after(state, ctx):
-        log.append(("trained", ctx.index, state))
-        new = strategy.after_batch(state, ctx)
-        log.append(("consolidated", ctx.index, new))
-        return new
-
-    wrapped = dataclasses.replace(strategy, before_batch=before, after_batch=after)
-    return dataclasses.replace(trainer, strategy=wrapped), log
+def build_job(config, dataset, name: str | None = None, **program_changes) -> experiment.StrategyJob:
+    job = experiment.StrategyJob.build(config, name or config.strategies, dataset)
+    if program_changes:
+        job = dataclasses.replace(job, program=dataclasses.replace(job.program, **program_changes))
+    return job
 
 
-def states(log, stage: str) -> list[TrainState]:
-    return [state for kind, _, state in log if kind == stage]
-
-
-def run_logged(config, dataset, scenario=None, trainer=None):
-    """One run of ``scenario`` (default: run 0 of ``config``); ``trainer`` reuses compiled fits."""
-    trainer, log = recording(trainer or Trainer.build(config, config.strategies, dataset))
+def run_logged(config, dataset, scenario=None, job=None):
+    """One run of ``scenario`` (default: run 0 of ``config``) stage by stage; ``job`` reuses compiled programs."""
+    job = job or build_job(config, dataset)
     scenario = scenario or build_scenario(config, 0, dataset)
-    record = trainer.run_stream(scenario, 0, jax.random.key(0))
-    assert record["diverged"] is None
-    return trainer, log, scenario, record
+    return job, helpers.run_logged(job, scenario), scenario
 
 
 def shared_config(strategy: str) -> ml_collections.ConfigDict:
@@ -88,13 +67,17 @@ def shared_config(strategy: str) -> ml_collections.ConfigDict:
 
 
 @pytest.fixture(scope="module")
-def trainers(digits):
-    """One trainer per strategy, shared by the tests below (its fits compile once for all of them)."""
-    return {name: Trainer.build(shared_config(name), name, digits) for name in ARCHITECTURAL}
+def jobs(digits):
+    """One job per strategy, shared by the tests below (its programs compile once for all of them);
+    max_traces=1: a second run, another class order or a resume must not compile anything again."""
+    return {name: build_job(shared_config(name), digits, max_traces=1) for name in ARCHITECTURAL}
 
 
-def run_shared(trainers, digits, strategy, scenario=None):
-    return run_logged(shared_config(strategy), digits, scenario, trainers[strategy])
+def run_shared(jobs, digits, strategy, scenario=None):
+    return run_logged(shared_config(strategy), digits, scenario, jobs[strategy])
+
+
+states = helpers.stage
 
 
 def consolidated_head(state: TrainState) -> head_lib.HeadState:
@@ -106,8 +89,8 @@ def np_tree(tree):
 
 
 @pytest.mark.parametrize("strategy", ARCHITECTURAL)
-def test_never_seen_classes_stay_exactly_zero(trainers, digits, strategy):
-    _, log, scenario, _ = run_shared(trainers, digits, strategy)
+def test_never_seen_classes_stay_exactly_zero(jobs, digits, strategy):
+    _, log, scenario = run_shared(jobs, digits, strategy)
     for i, state in enumerate(states(log, "consolidated")):
         cw = np_tree(consolidated_head(state).cw)
         unseen = sorted(set(range(10)) - set(scenario.seen_classes(i)))
@@ -118,8 +101,8 @@ def test_never_seen_classes_stay_exactly_zero(trainers, digits, strategy):
 
 
 @pytest.mark.parametrize("strategy", ["cwr_plus", "ar1"])
-def test_mean_shift_consolidated_rows_have_zero_mean(trainers, digits, strategy):
-    _, log, scenario, _ = run_shared(trainers, digits, strategy)
+def test_mean_shift_consolidated_rows_have_zero_mean(jobs, digits, strategy):
+    _, log, scenario = run_shared(jobs, digits, strategy)
     for i, state in enumerate(states(log, "consolidated")):
         cw = consolidated_head(state).cw
         kernel = np.asarray(cw["kernel"])
@@ -142,10 +125,10 @@ def test_mean_shift_matches_numpy_for_both_averages():
 
 
 @pytest.mark.parametrize("strategy", ["cwr", "cwr_plus"])
-def test_shared_weights_bitwise_frozen_after_first_batch(trainers, digits, strategy):
+def test_shared_weights_bitwise_frozen_after_first_batch(jobs, digits, strategy):
     # Trained with momentum 0.9: a gradient-zeroing mask would let momentum move Θ̄ after B_1.
-    trainer, log, _, _ = run_shared(trainers, digits, strategy)
-    initial = np_tree(trainer.init_state(jax.random.split(jax.random.key(0))[0], (8, 8, 1)).params["params"]["body"])
+    _, log, _ = run_shared(jobs, digits, strategy)
+    initial = np_tree(states(log, "initial")[0].params["params"]["body"])
     bodies = [np_tree(s.params["params"]["body"]) for s in states(log, "consolidated")]
     assert not np.array_equal(initial["fc1"]["kernel"], bodies[0]["fc1"]["kernel"])  # B_1 trains Θ̄
     for body in bodies[1:]:
@@ -157,21 +140,20 @@ def test_shared_weights_bitwise_frozen_after_first_batch(trainers, digits, strat
 
 
 @pytest.mark.parametrize("strategy", ARCHITECTURAL)
-def test_one_compilation_per_fit_and_consolidation_keeps_shapes_and_dtypes(trainers, digits, strategy):
-    trainer, log, _, _ = run_shared(trainers, digits, strategy)
-    consolidations = head_lib.consolidate._cache_size()
-    run_shared(trainers, digits, strategy, build_scenario(shared_config(strategy), 1, digits))  # another order
-    assert trainer.fit._cache_size() == 1  # CWR, CWR+: B_1 (body and head); AR1: every batch
-    assert trainer.head_fit._cache_size() == (0 if strategy == "ar1" else 1)  # CWR, CWR+: B_i>1
-    assert head_lib.consolidate._cache_size() == consolidations
+def test_no_recompilation_and_consolidation_keeps_shapes_and_dtypes(jobs, digits, strategy):
+    _, log, _ = run_shared(jobs, digits, strategy)
+    run_shared(jobs, digits, strategy, build_scenario(shared_config(strategy), 1, digits))  # another order
+    program = jobs[strategy].program  # max_traces=1 raised if any stage compiled again
+    assert program._fit.__wrapped__.traces == 1  # CWR, CWR+: B_1 (body and head); AR1: every batch
+    assert program._head_fit.__wrapped__.traces == (0 if strategy == "ar1" else 1)  # CWR, CWR+: cached features
     first = states(log, "reset")[0]
     for state in states(log, "consolidated") + states(log, "reset"):
         chex.assert_trees_all_equal_shapes_and_dtypes(state.strategy_state, first.strategy_state)
         chex.assert_trees_all_equal_shapes_and_dtypes(state.params, first.params)
 
 
-def test_cwr_scales_the_batch_weights_by_w_i(trainers, digits):
-    _, log, scenario, _ = run_shared(trainers, digits, "cwr")  # w_1 = 1.25, w_i = 0.5
+def test_cwr_scales_the_batch_weights_by_w_i(jobs, digits):
+    _, log, scenario = run_shared(jobs, digits, "cwr")  # w_1 = 1.25, w_i = 0.5
     cw = np.zeros((32, 10), np.float32)
     for i, (trained, done) in enumerate(zip(states(log, "trained"), states(log, "consolidated"), strict=True)):
         classes = list(scenario.batches[i].classes)
@@ -182,25 +164,6 @@ def test_cwr_scales_the_batch_weights_by_w_i(trainers, digits):
     assert 0.005 < resets[1].std() < 0.015 and not np.array_equal(resets[1], resets[2])  # N(0, 0.01²), fresh
 
 
-def context(index: int, y: list[int], num_classes: int = 4) -> BatchContext:
-    capacity = 16
-    labels = np.zeros(capacity, np.int32)
-    labels[: len(y)] = y
-    classes = tuple(sorted(set(y)))
-    return BatchContext(
-        index=index,
-        classes=classes,
-        seen_classes=classes,
-        num_classes=num_classes,
-        data={"x": jnp.zeros((capacity, 1)), "y": jnp.asarray(labels)},
-        num_examples=len(y),
-        batch_sizes=(len(y),),
-        apply_fn=None,
-        logit_mask=jnp.ones(num_classes, bool),
-        key=jax.random.key(index),
-    )
-
-
 def set_kernel(state: TrainState, kernel) -> TrainState:
     tw = {"kernel": jnp.asarray(kernel, jnp.float32), "bias": jnp.zeros(4, jnp.float32)}
     return state._replace(params=head_lib.with_head(state.params, tw))
@@ -208,13 +171,19 @@ def set_kernel(state: TrainState, kernel) -> TrainState:
 
 def test_algorithm_2_two_batches_by_hand():
     """D = 2 penultimate units, C = 4 classes; B_1 = {0, 1}, B_2 = {2, 3}; tw values stand for training."""
-    strategy = make_strategy("cwr_plus", ml_collections.ConfigDict({"avg": "batch"}))
+    strategy = make_strategy("cwr_plus", {"avg": "batch"})
+    tx = strategy.transform(engine.make_optimizer("sgd"))
     params = {"params": {"body": {"w": jnp.ones(3)}, "head": {"kernel": jnp.ones((2, 4)), "bias": jnp.ones(4)}}}
-    state = TrainState(params, (), strategy.init(params))
+    state = TrainState(params, tx.init(params), strategy.init(params))
+
+    def context(index: int, y: list[int]):
+        return helpers.batch_context(index, y, num_classes=4, tx=tx)
+
     np.testing.assert_array_equal(state.strategy_state.cw["kernel"], np.zeros((2, 4)))  # line 1: cw = 0
 
     ctx1 = context(0, [0, 0, 1])
     state, _ = strategy.before_batch(state, ctx1)
+    assert not bool(transforms.frozen_body(state.opt_state))  # B_1 trains Θ̄ too
     np.testing.assert_array_equal(state.params["params"]["head"]["kernel"], np.zeros((2, 4)))  # line 5: tw = 0
     np.testing.assert_array_equal(state.params["params"]["head"]["bias"], np.zeros(4))
     state = set_kernel(state, [[1, 3, -1, -1], [2, 2, -1, -2]])
@@ -224,6 +193,7 @@ def test_algorithm_2_two_batches_by_hand():
 
     ctx2 = context(1, [2, 3, 3, 2])
     state, _ = strategy.before_batch(state, ctx2)
+    assert bool(transforms.frozen_body(state.opt_state))  # Θ̄ frozen from B_2 on (Alg. 2 lines 7-8)
     np.testing.assert_array_equal(state.params["params"]["head"]["kernel"], np.zeros((2, 4)))
     state = set_kernel(state, [[-2, -2, 4, 0], [-1, -3, 2, 2]])
     state = strategy.after_batch(state, ctx2)
@@ -252,11 +222,11 @@ def test_cwr_plus_second_batch_is_one_sgd_step_from_zero_on_frozen_features(digi
     """B_2 trained for one full-batch SGD step from tw = 0 (bias 0): the logits are all zero, so
     tw = η/n · Fᵀ(Y − 1/C), F the frozen body's features; then mean-shift over B_2's classes."""
     config = tiny_config("cwr_plus", batch_size=1024, epochs=1, lr=0.5, num_batches=2)
-    trainer, log, scenario, _ = run_logged(config, digits)
+    job, log, scenario = run_logged(config, digits)
     after_b1 = states(log, "consolidated")[0]
     assert np.all(np.asarray(after_b1.params["params"]["head"]["bias"]) == 0)  # bias held at zero in B_1 too
     batch = scenario.batches[1]
-    feats = np.asarray(trainer.model.apply(after_b1.params, jnp.asarray(batch.x), method="features"), np.float64)
+    feats = np.asarray(job.program.model.apply(after_b1.params, jnp.asarray(batch.x), method="features"), np.float64)
     onehot = np.eye(10)[batch.y]
     tw = 0.5 / len(batch.y) * feats.T @ (onehot - 1 / 10)
     trained = states(log, "trained")[1]
@@ -284,8 +254,9 @@ def repeating_scenario(dataset) -> Scenario:
 
 
 @pytest.mark.parametrize("strategy", ARCHITECTURAL)
-def test_class_seen_again_keeps_its_past_weights(trainers, digits, strategy):
-    _, log, _, _ = run_shared(trainers, digits, strategy, repeating_scenario(digits))
+def test_class_seen_again_keeps_its_past_weights(digits, strategy):
+    # A 2-batch stream (the shared jobs compile for 5): a job of its own.
+    _, log, _ = run_logged(shared_config(strategy), digits, repeating_scenario(digits))
     cw1 = np.asarray(consolidated_head(states(log, "consolidated")[0]).cw["kernel"])
     reset2 = np.asarray(states(log, "reset")[1].params["params"]["head"]["kernel"])
     tw2 = np.asarray(states(log, "trained")[1].params["params"]["head"]["kernel"])
@@ -306,8 +277,8 @@ def test_class_seen_again_keeps_its_past_weights(trainers, digits, strategy):
 def test_expanding_head_option(digits):
     config = tiny_config("cwr_plus", num_batches=1)
     config.cwr_plus.head = "expanding"
-    _, log, _, record = run_logged(config, digits)
-    assert record["head"] == "expanding"
+    job, log, _ = run_logged(config, digits)
+    assert job.head == "expanding"
     # Logits of unseen classes are masked: their tw columns get no gradient and stay at zero init.
     tw = np.asarray(states(log, "trained")[0].params["params"]["head"]["kernel"])
     assert np.all(tw[:, 2:] == 0) and np.all(np.any(tw[:, :2] != 0, axis=0))
@@ -339,8 +310,8 @@ def test_hparams_reach_the_strategy():
     assert strategy_hparams(config, "cwr_plus").avg == "batch"
 
 
-def test_ar1_importance_anchor_and_penalty_never_touch_the_head(trainers, digits):
-    _, log, _, _ = run_shared(trainers, digits, "ar1")
+def test_ar1_importance_anchor_and_penalty_never_touch_the_head(jobs, digits):
+    _, log, _ = run_shared(jobs, digits, "ar1")
     final = states(log, "consolidated")[-1]
     anchor = transforms.anchor_state(final.opt_state)
     path = transforms.si_path_state(final.opt_state)
@@ -348,16 +319,17 @@ def test_ar1_importance_anchor_and_penalty_never_touch_the_head(trainers, digits
         assert jax.tree.leaves(tree["params"]["head"]) == []  # optax.MaskedNode only
         assert len(jax.tree.leaves(tree["params"]["body"])) == 2  # fc1 kernel and bias
     assert np.any(np.asarray(anchor.importance["params"]["body"]["fc1"]["kernel"]) > 0)
-    reported = trainers["ar1"].strategy.importance(final)
-    assert set(reported) == {"F", "F_hat", "max_f"} and reported["max_f"] == 0.2
+    reported = jobs["ar1"].strategy.importance(final)
+    assert set(reported) == {"F", "F_hat"}
+    assert float(optax.tree.get(final.opt_state, "strength")) == 100.0  # λ written into the penalty
     for tree in (reported["F"], reported["F_hat"]):
         assert "head" not in tree["params"] and jax.tree.leaves(tree)
 
     # One update with a strong pull toward a far anchor: the body feels it, the head does not.
-    tx = trainers["ar1"].strategy.transform(optax.sgd(0.1))
+    tx = jobs["ar1"].strategy.transform(optax.sgd(0.1))
     params = final.params
     opt_state = transforms.replace_anchor_state(
-        tx.init(params),
+        transforms.set_hyperparams(tx.init(params), strength=100.0),
         anchor=jax.tree.map(lambda p: p + 1.0, params),
         importance=jax.tree.map(jnp.ones_like, params),
     )
@@ -370,8 +342,8 @@ def test_ar1_importance_anchor_and_penalty_never_touch_the_head(trainers, digits
     assert jax.tree.leaves(transforms.si_path_state(new_state).path["params"]["head"]) == []
 
 
-def test_ar1_trains_shared_weights_and_updates_importance_by_eq_10_11(trainers, digits):
-    _, log, _, _ = run_shared(trainers, digits, "ar1")  # λ = 100, max_F = 0.2, ξ = 1e-3, w_1 = 0.5, w_i = 2
+def test_ar1_trains_shared_weights_and_updates_importance_by_eq_10_11(jobs, digits):
+    _, log, _ = run_shared(jobs, digits, "ar1")  # λ = 100, max_F = 0.2, ξ = 1e-3, w_1 = 0.5, w_i = 2
     resets, trained, done = states(log, "reset"), states(log, "trained"), states(log, "consolidated")
     body = lambda tree: np.asarray(tree["params"]["body"]["fc1"]["kernel"], np.float64)  # noqa: E731
     importance = np.zeros_like(body(resets[0].params))
@@ -386,32 +358,3 @@ def test_ar1_trains_shared_weights_and_updates_importance_by_eq_10_11(trainers, 
         np.testing.assert_allclose(body(anchor.importance), np.minimum(importance, 0.2), rtol=1e-4, atol=1e-9)
         np.testing.assert_array_equal(body(anchor.anchor), body(trained[i].params))  # Θ* = Θ̄
     assert np.mean(importance >= 0.2) > 0  # the clip is exercised
-
-
-@pytest.mark.parametrize("strategy", ARCHITECTURAL)
-def test_restored_run_continues_exactly(trainers, digits, tmp_path, strategy):
-    """Checkpointed after B_2 and restored (HeadState, AR1's masked SI states), the run ends with
-    the uninterrupted record, and neither the full nor the head-only fit recompiles."""
-    from cljax import checkpoint, experiment
-
-    trainer = trainers[strategy]
-    scenario = build_scenario(shared_config(strategy), 1, digits)
-    key = jax.random.key(7)
-    checkpoints = checkpoint.Checkpoints(str(tmp_path / "checkpoints"))
-
-    def save(stream: experiment.StreamState) -> None:
-        checkpoints.save(stream.next_batch, stream.state, stream.key, {"record": stream.record})
-        checkpoints.keep(stream.next_batch)
-
-    def without_timings(record: dict) -> dict:
-        return {k: v for k, v in record.items() if k != "train_seconds"}
-
-    uninterrupted = without_timings(trainer.run_stream(scenario, 1, key, on_checkpoint=save))
-    fresh = trainer.start_stream(scenario, 1, key)
-    state, stream_key = checkpoints.restore(2, fresh.state, fresh.key)
-    record = checkpoints.progress(2)["record"]
-    resumed = trainer.run_stream(scenario, 1, key, resume=experiment.StreamState(state, stream_key, record, 2))
-    checkpoints.close()
-    assert without_timings(resumed) == json.loads(json.dumps(uninterrupted))
-    assert trainer.fit._cache_size() == 1
-    assert trainer.head_fit._cache_size() == (0 if strategy == "ar1" else 1)

@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-import jax
+import dataclasses
+
 import numpy as np
 
-from cljax.experiment import Trainer, run_experiment
-from cljax.scenarios import build_scenario, load_dataset
+from cljax.experiment import StrategyJob, run_experiment, run_stream
+from cljax.scenarios import load_dataset
 
 
 def test_naive_forgets_the_first_batch_in_sit(tiny_config):
     dataset = load_dataset("digits")
-    trainer = Trainer.build(tiny_config, "naive", dataset)
-    record = trainer.run_stream(build_scenario(tiny_config, 0, dataset), 0, jax.random.key(0))
+    job = StrategyJob.build(tiny_config, "naive", dataset)
+    job = dataclasses.replace(job, program=dataclasses.replace(job.program, max_traces=1))  # compiled once
+    (record,) = run_stream(job, dataset, runs=[0])
     r = np.asarray(record["accuracy_matrix"])
     assert r[0, 0] > 0.9  # B_1 was learnt ...
     assert r[-1, 0] < 0.05  # ... and is forgotten after the last batch
     assert record["accuracy"][-1] < 0.25  # only the last batch's 2 of 10 classes survive
-    assert trainer.fit._cache_size() == 1  # the whole stream compiled once
 
 
 def test_cumulative_reaches_high_final_accuracy(tiny_config, tmp_path):

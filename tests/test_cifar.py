@@ -99,8 +99,8 @@ def test_icifar100_is_10_batches_of_10_classes(cifar_dir):
         assert len(scenario.test_y) == len(written["cifar100"]["test"][1])
         mask = scenario.expanding_test_mask(2)
         assert set(scenario.test_y[mask]) == set(scenario.seen_classes(2)) and len(scenario.seen_classes(2)) == 30
-    assert experiment.data_capacity(dataset, config, cumulative=False) == 10 * 3
-    assert experiment.data_capacity(dataset, config, cumulative=True) == 100 * 3
+    assert experiment.data_capacity(dataset, config, union=False) == 10 * 3
+    assert experiment.data_capacity(dataset, config, union=True) == 100 * 3
 
 
 @pytest.mark.parametrize("setting", ["sit", "mt"])
@@ -127,7 +127,7 @@ def test_cifar_split_first_six_batches(cifar_dir, setting, tmp_path):
         )
         if run == 0:
             assert scenario.batch_classes[1] == list(range(10, 20))
-    assert experiment.data_capacity(dataset, config, cumulative=False) == len(c10_train)
+    assert experiment.data_capacity(dataset, config, union=False) == len(c10_train)
     results = experiment.run_experiment(
         cifar_config(
             "cifar_split",

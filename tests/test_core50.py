@@ -211,8 +211,8 @@ def test_capacity_is_the_largest_batch_over_runs(files):
     config = core50_config(f.data_dir, scenario="nic")
     dataset = load_dataset("core50", config.data_dir, config)
     sizes = [[len(b) for b in f.lup["nic"][r][:-1]] for r in range(RUNS)]
-    assert experiment.data_capacity(dataset, config, cumulative=False) == max(max(s) for s in sizes)
-    assert experiment.data_capacity(dataset, config, cumulative=True) == max(sum(s) for s in sizes)
+    assert experiment.data_capacity(dataset, config, union=False) == max(max(s) for s in sizes)
+    assert experiment.data_capacity(dataset, config, union=True) == max(sum(s) for s in sizes)
 
 
 def test_truncated_npz_is_a_data_error(files, tmp_path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from typing import Any
@@ -13,7 +12,6 @@ import numpy as np
 import pytest
 
 from cljax import diagnostics
-from cljax.engine import TrainState
 
 
 def random_params(seed: int) -> dict:
@@ -31,20 +29,21 @@ def random_params(seed: int) -> dict:
 
 def test_weight_change_matches_numpy_per_leaf():
     before, after = random_params(0), random_params(1)
-    change = diagnostics.weight_change(before, after)
-    assert list(change) == ["body/fc1/bias", "body/fc1/kernel", "head/bias", "head/kernel"]
-    for path, value in change.items():
+    change = np.asarray(diagnostics.mean_abs_change(before, after))
+    names = diagnostics.leaf_paths(after)
+    assert names == ["body/fc1/bias", "body/fc1/kernel", "head/bias", "head/kernel"]
+    for path, value in zip(names, change, strict=True):
         node_a, node_b = after["params"], before["params"]
         for part in path.split("/"):
             node_a, node_b = node_a[part], node_b[part]
         expected = np.mean(np.abs(node_a.astype(np.float64) - node_b.astype(np.float64)))
         np.testing.assert_allclose(value, expected, rtol=1e-6)
-    assert change["body/fc1/bias"] == 0.0
+    assert change[0] == 0.0
 
 
 def test_weight_change_of_identical_params_is_zero():
     params = random_params(3)
-    assert set(diagnostics.weight_change(params, params).values()) == {0.0}
+    assert set(np.asarray(diagnostics.mean_abs_change(params, params)).tolist()) == {0.0}
 
 
 def numpy_histogram(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
@@ -69,7 +68,7 @@ def synthetic_importance(seed: int = 0, max_f: float = 1e-3) -> dict[str, Any]:
 def test_importance_histogram_matches_numpy():
     imp = synthetic_importance()
     values = np.concatenate([np.asarray(leaf).ravel() for leaf in jax.tree.leaves(imp["F"])])
-    counts = diagnostics.importance_histogram(imp["F"])
+    counts = np.asarray(jax.jit(diagnostics.log_histogram)(imp["F"]))
     edges = diagnostics.IMPORTANCE_BIN_EDGES
     assert counts.shape == (len(edges) + 1,)
     np.testing.assert_array_equal(counts, numpy_histogram(values, edges))
@@ -78,45 +77,34 @@ def test_importance_histogram_matches_numpy():
     assert counts[-1] > 0  # values above 1e5
 
 
-def test_importance_summary_saturation_matches_numpy():
+def test_saturated_share_matches_numpy():
     imp = synthetic_importance(seed=1, max_f=1e-3)
-    summary = diagnostics.importance_summary(imp)
+    share = float(diagnostics.saturated_share(imp["F_hat"], jnp.float32(1e-3)))
     f_hat = np.concatenate([np.asarray(leaf).ravel() for leaf in jax.tree.leaves(imp["F_hat"])])
-    assert summary["saturated"] == pytest.approx(np.mean(f_hat >= np.float32(1e-3)))
-    assert 0.3 < summary["saturated"] < 0.9
-    assert summary["max_f"] == 1e-3
-    np.testing.assert_array_equal(summary["F_hat"], numpy_histogram(f_hat, diagnostics.IMPORTANCE_BIN_EDGES))
-    json.dumps(summary)  # plain lists and floats: the record stays JSON-serialisable
+    assert share == pytest.approx(np.mean(f_hat >= np.float32(1e-3)))
+    assert 0.3 < share < 0.9
 
 
 def test_importance_of_an_empty_tree():
-    assert diagnostics.importance_histogram({}).sum() == 0
-    assert diagnostics.saturated_fraction({}, 1.0) == 0.0
-
-
-@dataclasses.dataclass(frozen=True)
-class FakeStrategy:
-    importance: Any = None
-
-    @staticmethod
-    def eval_params(state: TrainState):
-        return state.params
+    assert int(diagnostics.log_histogram({}).sum()) == 0
+    assert float(diagnostics.saturated_share({}, 1.0)) == 0.0
 
 
 def test_record_batch_appends_weight_change_and_importance():
-    before, after = random_params(0), random_params(1)
-    state = TrainState(after, (), ())
+    imp = synthetic_importance()
+    hist = np.asarray(diagnostics.log_histogram(imp["F"]))
+    layers = ["a/kernel", "b/kernel"]
     record: dict = {}
-    with_importance = FakeStrategy(importance=lambda s: synthetic_importance())
-    diagnostics.record_batch(record, before, state, with_importance)
-    diagnostics.record_batch(record, after, state, with_importance)
+    diagnostics.record_batch(record, layers, np.array([0.5, 0.25], np.float32), (hist, hist, 0.5, 1e-3))
+    diagnostics.record_batch(record, layers, np.zeros(2, np.float32), (hist, hist, 0.75, 1e-3))
     diag = record["diagnostics"]
-    assert diag["layers"] == list(diagnostics.weight_change(before, after))
-    assert diag["weight_change"][0] == list(diagnostics.weight_change(before, after).values())
-    assert diag["weight_change"][1] == [0.0] * 4
-    assert len(diag["importance_F"]) == len(diag["importance_F_hat"]) == len(diag["importance_saturated"]) == 2
+    assert diag["layers"] == layers
+    assert diag["weight_change"] == [[0.5, 0.25], [0.0, 0.0]]
+    assert diag["importance_saturated"] == [0.5, 0.75] and diag["importance_max_f"] == [1e-3, 1e-3]
+    assert diag["importance_F"][0] == hist.tolist()
+    json.dumps(record)  # plain lists and floats: the record stays JSON-serialisable
     plain: dict = {}
-    diagnostics.record_batch(plain, before, state, FakeStrategy())
+    diagnostics.record_batch(plain, layers, np.zeros(2, np.float32), None)
     assert not any(key.startswith("importance") for key in plain["diagnostics"])
 
 

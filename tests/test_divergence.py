@@ -15,7 +15,7 @@ import pytest
 
 from cljax import checkpoint, diagnostics, engine, experiment
 from cljax.config import base_config
-from cljax.strategies import STRATEGIES, Strategy
+from cljax.strategies import STRATEGIES, Strategy, StrategySpec
 
 POISONED_CLASSES = (2, 3)  # B_2 of run 0 (natural class order); run 1's order puts other classes there
 
@@ -25,9 +25,9 @@ def poison(hparams=None) -> Strategy:
     del hparams
 
     def after_batch(state: engine.TrainState, ctx) -> engine.TrainState:
-        if ctx.classes != POISONED_CLASSES:
-            return state
-        nan_first = lambda x: x.at[(0,) * x.ndim].set(jnp.nan)
+        poisoned = jnp.zeros_like(ctx.classes).at[jnp.asarray(POISONED_CLASSES)].set(True)
+        hit = jnp.array_equal(ctx.classes, poisoned)
+        nan_first = lambda x: jnp.where(hit, x.at[(0,) * x.ndim].set(jnp.nan), x)
         return state._replace(params=jax.tree.map(nan_first, state.params))
 
     return Strategy(name="poison", after_batch=after_batch)
@@ -35,7 +35,7 @@ def poison(hparams=None) -> Strategy:
 
 @pytest.fixture
 def config(monkeypatch):
-    monkeypatch.setitem(STRATEGIES, "poison", poison)
+    monkeypatch.setitem(STRATEGIES, "poison", StrategySpec(poison))
     c = base_config()
     c.hidden_sizes = (16,)
     c.strategies = "naive,poison,cumulative"
@@ -96,8 +96,10 @@ def assert_kept(workdir: str, diverged: dict, name: str, run: int, out: str) -> 
     checkpoints = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), writable=False)
     progress = checkpoints.progress(step)
     checkpoints.close()
-    assert (progress["strategy"], progress["run"], progress["batch"]) == (name, run, diverged["batch"] - 1)
-    assert np.isfinite(progress["record"]["accuracy"]).all()
+    assert progress["batch"] == diverged["batch"] - 1
+    records = [record for row in progress["records"] for record in row if record["run"] == run]
+    assert len(records) == 1 and records[0]["diverged"] is None  # the state saved before the bad batch
+    assert np.isfinite(records[0]["accuracy"]).all() and len(records[0]["accuracy"]) == diverged["batch"]
     assert step < checkpoints_newest(workdir) - checkpoint.MAX_TO_KEEP  # kept beyond the rotation
 
 

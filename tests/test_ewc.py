@@ -5,15 +5,15 @@ import warnings
 import chex
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
 
 from cljax import engine, transforms
 from cljax.models import Classifier, MLPBody
-from cljax.strategies import BatchContext, make_strategy
+from cljax.strategies import make_strategy, strategy_spec
 from cljax.strategies.ewc import diagonal_fisher, ewc_consolidate
+from tests.helpers import batch_context, traced
 
 MODEL = Classifier(MLPBody((6,)), num_classes=4)
 CAPACITY, NUM_EXAMPLES = 11, 9  # padded rows beyond NUM_EXAMPLES must not count
@@ -78,29 +78,18 @@ def test_eq8_sum_average_and_clip_over_three_batches():
     assert fisher_sum.dtype == jnp.float32 and not fisher_sum.weak_type
 
 
-def _hparams(**overrides):
-    hp = {"strength": 2.0, "max_f": 0.01, "fisher": "per_example", "fisher_batch_size": 4, "lr": 0.1}
-    return ml_collections.ConfigDict({**hp, **overrides})
-
-
 def test_after_batch_sets_anchor_and_clipped_importance():
     params, x, y = _setup()
-    strategy = make_strategy("ewc", _hparams())
+    strategy = make_strategy("ewc", {"fisher": "per_example", "fisher_batch_size": 4})
     tx = strategy.transform(engine.make_optimizer("sgd"))
     state = engine.TrainState(params, tx.init(params), strategy.init(params))
-    ctx = BatchContext(
-        index=1,
-        classes=(2,),
-        seen_classes=(0, 1, 2),
-        num_classes=4,
+    ctx = batch_context(1, num_classes=4, hparams=traced("ewc", strength=2.0, max_f=0.01), apply_fn=MODEL.apply, tx=tx)
+    ctx = ctx.replace(
         data={"x": x, "y": y},
-        num_examples=NUM_EXAMPLES,
-        batch_sizes=(5, NUM_EXAMPLES),
-        apply_fn=MODEL.apply,
+        num_examples=jnp.int32(NUM_EXAMPLES),
         logit_mask=MASK,
-        key=jax.random.key(4),
     )
-    new = strategy.after_batch(state, ctx)
+    new = jax.jit(strategy.after_batch)(state, ctx)
     fisher = diagonal_fisher(MODEL.apply, params, x, y, NUM_EXAMPLES, MASK, ctx.key, chunk=4)
     # Second batch (index 1): F̂ = clip(F / 2, max_F).
     expected_hat = jax.tree.map(lambda f: jnp.minimum(f / 2, 0.01), fisher)
@@ -110,21 +99,19 @@ def test_after_batch_sets_anchor_and_clipped_importance():
     chex.assert_trees_all_close(new.strategy_state["fisher_sum"], fisher, rtol=1e-6)
     assert any(bool(jnp.any(f == 0.01)) for f in jax.tree.leaves(anchor.importance))  # the clip is exercised
     report = strategy.importance(new)
-    assert report["max_f"] == 0.01
     chex.assert_trees_all_equal(report["F_hat"], anchor.importance)
     chex.assert_trees_all_equal_shapes_and_dtypes(new, state)
+    # before_batch writes this run's λ (a traced value) into the penalty's state.
+    started, extras = strategy.before_batch(new, ctx)
+    assert float(optax.tree.get(started.opt_state, "strength")) == 2.0 and extras == {}
 
 
 def test_warns_when_the_penalty_can_overshoot():
+    values = {"strength": 200.0, "max_f": 0.1, "lr": 0.1}
     with pytest.warns(RuntimeWarning, match=r"η=0\.1.*λ=200.*max_f=0\.1"):
-        make_strategy("ewc", _hparams(strength=200.0, max_f=0.1))
+        strategy_spec("ewc").check(values)
     with pytest.warns(RuntimeWarning, match="max_f"):
-        make_strategy(
-            "si",
-            ml_collections.ConfigDict(
-                {**_hparams(strength=200.0, max_f=0.1), "xi": 0.1, "w_first": 1.0, "w_rest": 1.0}
-            ),
-        )
+        strategy_spec("si").check(values)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        make_strategy("ewc", _hparams(strength=10.0, max_f=0.1))  # η·λ·max_F = 0.1
+        strategy_spec("ewc").check({**values, "strength": 10.0})  # η·λ·max_F = 0.1

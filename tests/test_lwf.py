@@ -2,7 +2,6 @@
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -11,8 +10,9 @@ from hypothesis import strategies as st
 
 from cljax import engine
 from cljax.models import Classifier, MLPBody
-from cljax.strategies import BatchContext, make_strategy
+from cljax.strategies import make_strategy
 from cljax.strategies.lwf import SOFT_TARGETS, linear_map, lwf_lambda, lwf_loss
+from tests.helpers import batch_context, traced
 
 
 def _eq2_loss(logits, y, soft, lam):
@@ -47,11 +47,18 @@ def test_eq2_and_eq3_have_identical_logit_gradients(seed, lam, scale):
     np.testing.assert_allclose(g3, probs - target, rtol=1e-4, atol=1e-5)
 
 
+def lam(sizes, map_from, map_to, num_batches: int = 9) -> float:
+    """λ of the last batch of ``sizes`` (n_1..n_i), zero-padded to ``num_batches`` as in a stream."""
+    padded = np.zeros(num_batches, np.int32)
+    padded[: len(sizes)] = sizes
+    return float(jax.jit(lwf_lambda)(padded, len(sizes) - 1, jnp.asarray(map_from), jnp.asarray(map_to)))
+
+
 def test_lambda_schedule_core50_identity_map():
     # CORe50 NC: 10 classes in B_1, then 5 per batch (examples proportional); identity map.
     sizes = [10] + [5] * 8
-    got = [lwf_lambda(sizes[: i + 1], (0.0, 1.0), (0.0, 1.0)) for i in range(len(sizes))]
-    np.testing.assert_allclose(got, [0.0, 2 / 3, 3 / 4, 4 / 5, 5 / 6, 6 / 7, 7 / 8, 8 / 9, 9 / 10], rtol=1e-12)
+    got = [lam(sizes[: i + 1], (0.0, 1.0), (0.0, 1.0)) for i in range(len(sizes))]
+    np.testing.assert_allclose(got, [0.0, 2 / 3, 3 / 4, 4 / 5, 5 / 6, 6 / 7, 7 / 8, 8 / 9, 9 / 10], rtol=1e-6)
 
 
 def test_table4_map_and_clipping():
@@ -60,49 +67,40 @@ def test_table4_map_and_clipping():
     assert linear_map(0.9, (0.66, 0.9), (0.45, 0.85)) == pytest.approx(0.85)
     assert linear_map(0.78, (0.66, 0.9), (0.45, 0.85)) == pytest.approx(0.65)
     # CORe50's B_2: x = 2/3 -> 0.45 + (2/3 − 0.66)·0.4/0.24.
-    assert lwf_lambda([10, 5], (0.66, 0.9), (0.45, 0.85)) == pytest.approx(0.45 + (2 / 3 - 0.66) * 0.4 / 0.24)
+    assert lam([10, 5], (0.66, 0.9), (0.45, 0.85)) == pytest.approx(0.45 + (2 / 3 - 0.66) * 0.4 / 0.24, rel=1e-6)
     # Extrapolation beyond [0, 1] is clipped: λ stays a mixing weight.
-    assert lwf_lambda([10, 80], (0.0, 0.1), (0.0, 1.0)) == 1.0
-    assert lwf_lambda([1, 100], (0.5, 0.9), (0.45, 0.85)) == 0.0
+    assert lam([10, 80], (0.0, 0.1), (0.0, 1.0)) == 1.0
+    assert lam([1, 100], (0.5, 0.9), (0.45, 0.85)) == 0.0
 
 
 def test_before_batch_soft_targets_and_lambda():
     model = Classifier(MLPBody((8,)), num_classes=5)
     x = jax.random.normal(jax.random.key(0), (7, 4, 1))
     params = model.init(jax.random.key(1), x[:1])
-    strategy = make_strategy("lwf", ml_collections.ConfigDict({"map_from": (0.0, 1.0), "map_to": (0.0, 1.0)}))
+    strategy = make_strategy("lwf")
     state = engine.TrainState(params, (), strategy.init(params))
     mask = jnp.array([True, True, False, True, False])
-    data = {"x": x, "y": jnp.zeros(7, jnp.int32)}
-    ctx = BatchContext(
-        index=1,
-        classes=(3,),
-        seen_classes=(0, 1, 3),
-        num_classes=5,
-        data=data,
-        num_examples=6,
-        batch_sizes=(30, 10),
-        apply_fn=model.apply,
-        logit_mask=mask,
-        key=jax.random.key(2),
-    )
-    new_state, new_data = strategy.before_batch(state, ctx)
+    hparams = traced("lwf", map_from=(0.0, 1.0), map_to=(0.0, 1.0))
+    ctx = batch_context(1, [3] * 6, num_classes=5, hparams=hparams, apply_fn=model.apply, logit_mask=mask)
+    ctx = ctx.replace(data={"x": x, "y": jnp.zeros(7, jnp.int32)}, batch_sizes=jnp.array([30, 10, 0], jnp.int32))
+    before = jax.jit(strategy.before_batch)
+    new_state, extras = before(state, ctx)
     lam = new_state.strategy_state["lambda"]
     assert lam.dtype == jnp.float32 and lam.shape == () and not lam.weak_type
     assert float(lam) == pytest.approx(1 - 10 / 40)
-    targets = new_data[SOFT_TARGETS]
-    assert targets.shape == (7, 5)
+    targets = extras[SOFT_TARGETS]
+    assert list(extras) == [SOFT_TARGETS] and targets.shape == (7, 5)
     logits = np.asarray(model.apply(params, x), np.float64)[:, [0, 1, 3]]
     expected = np.exp(logits - logits.max(1, keepdims=True))
     expected /= expected.sum(1, keepdims=True)
     np.testing.assert_allclose(targets[:, [0, 1, 3]], expected, rtol=1e-5)
     assert np.all(np.asarray(targets[:, [2, 4]]) == 0.0)  # classes off the head get exactly nothing
-    # B_1: λ_1 = 0 (eq. 5), same data keys and shapes.
-    first_state, first_data = strategy.before_batch(
-        state, ctx.__class__(**{**ctx.__dict__, "index": 0, "batch_sizes": (30,)})
+    # B_1: λ_1 = 0 (eq. 5), same keys and shapes.
+    first_state, first_extras = before(
+        state, ctx.replace(index=jnp.int32(0), batch_sizes=jnp.array([30, 0, 0], jnp.int32))
     )
     assert float(first_state.strategy_state["lambda"]) == 0.0
-    assert first_data.keys() == new_data.keys() and first_data[SOFT_TARGETS].shape == (7, 5)
+    assert first_extras.keys() == extras.keys() and first_extras[SOFT_TARGETS].shape == (7, 5)
 
 
 def test_loss_is_finite_with_masked_logits():

@@ -12,7 +12,7 @@ import pytest
 
 from cljax import engine, monitor
 from cljax.config import base_config
-from cljax.experiment import Heads, Trainer
+from cljax.experiment import StrategyJob
 from cljax.scenarios import build_scenario, load_dataset
 
 
@@ -20,45 +20,53 @@ from cljax.scenarios import build_scenario, load_dataset
 def setup():
     config = base_config()
     config.hidden_sizes = (16,)
+    config.strategies = "naive"
     dataset = load_dataset("digits")
-    trainer = Trainer.build(config, "naive", dataset)
+    job = StrategyJob.build(config, "naive", dataset)
     scenario = build_scenario(config, 0, dataset)
-    state = trainer.init_state(jax.random.key(0), scenario.input_shape)
+    state = engine.unstack_member(job.program.init(jax.random.key(0)[None]))
     state = state._replace(opt_state=engine.set_learning_rate(state.opt_state, 0.05))
-    return trainer, scenario, state
+    return job, scenario, state
+
+
+def training_arrays(job, scenario, i):
+    x, y = scenario.training_set(i)
+    return {"x": engine.pad_to(x, job.capacity), "y": engine.pad_to(y, job.capacity)}, len(y)
 
 
 def test_progress_reports_a_few_times_per_batch_without_changing_results_or_recompiling(setup):
-    trainer, scenario, state = setup
+    job, scenario, state = setup
     calls = []
+    program, batch_size = job.program, job.program.batch_size
+    quiet = engine.make_fit(program.model.apply, program.tx, program.strategy.loss, batch_size)
     fit = engine.make_fit(
-        trainer.model.apply,
-        trainer.tx,
-        trainer.strategy.loss,
-        trainer.hp.batch_size,
+        program.model.apply,
+        program.tx,
+        program.strategy.loss,
+        batch_size,
         progress=lambda done, total: calls.append((int(done), int(total))),
+        max_traces=1,
     )
     mask = jnp.ones(scenario.num_classes, bool)
     key = jax.random.key(1)
-    data, n = trainer.training_arrays(scenario, 0, Heads("maximal", scenario))
-    quiet_state, quiet_metrics = trainer.fit(state, data, n, 3, mask, key)
+    data, n = training_arrays(job, scenario, 0)
+    quiet_state, quiet_metrics = quiet(state, data, n, 3, mask, key)
     loud_state, loud_metrics = fit(state, data, n, 3, mask, key)
     jax.tree.map(np.testing.assert_array_equal, quiet_state, loud_state)
     np.testing.assert_array_equal(quiet_metrics.loss, loud_metrics.loss)
 
-    total = 3 * -(-n // trainer.hp.batch_size)
+    total = 3 * -(-n // batch_size)
     interval = -(-total // engine.PROGRESS_UPDATES)
     expected = [(d, total) for d in range(interval, total, interval)] + [(total, total)]
     assert calls == expected
     assert len(calls) <= engine.PROGRESS_UPDATES + 1
 
-    # Another batch, other sizes and epochs: same compiled program, its own totals.
+    # Another batch, other sizes and epochs: same compiled program (max_traces=1), its own totals.
     calls.clear()
-    data, n = trainer.training_arrays(scenario, 1, Heads("maximal", scenario))
+    data, n = training_arrays(job, scenario, 1)
     fit(state, data, n, 1, mask, key)
-    total = -(-n // trainer.hp.batch_size)
+    total = -(-n // batch_size)
     assert calls[-1] == (total, total)
-    assert fit._cache_size() == 1
 
 
 class FakeClock:

@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cljax import scenarios
+from cljax import engine, scenarios
 from cljax.config import ConfigError, base_config, validate
-from cljax.experiment import Trainer
+from cljax.experiment import StrategyJob
 from cljax.models.pretrained import merge_pretrained, restore_params, save_params
 from cljax.scenarios import Dataset
 
@@ -129,17 +129,17 @@ def test_pretrain_script_saves_a_checkpoint_the_trainer_starts_from(tmp_path, mo
     config = _cifarnet_config()
     config.init_checkpoint = out
     config.strategies = "naive"
-    trainer = Trainer.build(config, "naive", fake_cifar(num_classes=20))
-    state = trainer.init_state(jax.random.key(5), (32, 32, 3))
+    job = StrategyJob.build(config, "naive", fake_cifar(num_classes=20))
+    state = engine.unstack_member(job.program.init(jax.random.key(5)[None]))
     tree_equal(state.params["params"]["body"], restored["params"]["body"])
     assert state.params["params"]["head"]["kernel"].shape == (512, 20)
 
-    # A model the checkpoint does not fit is refused when the trainer is built, before any training.
+    # A model the checkpoint does not fit is refused when the job is built, before any training.
     config.model = "mlp"
     with pytest.raises(
         ConfigError, match="^init_checkpoint: the checkpoint's parameter 'params/body/conv1/bias' is not in the model$"
     ):
-        Trainer.build(config, "naive", fake_cifar(num_classes=20))
+        StrategyJob.build(config, "naive", fake_cifar(num_classes=20))
 
 
 def _cifarnet_config():

@@ -1,11 +1,12 @@
 """LwF, EWC and SI on a tiny split-digits stream: one compilation of ``fit`` per stream; config checks."""
 
-import jax
+import dataclasses
+
 import pytest
 
 from cljax.config import ConfigError, base_config, validate
-from cljax.experiment import Trainer
-from cljax.scenarios import build_scenario, load_dataset
+from cljax.experiment import StrategyJob, run_stream
+from cljax.scenarios import load_dataset
 
 
 def _tiny_config(strategy: str):
@@ -24,12 +25,11 @@ def test_fit_compiles_once_for_the_whole_stream(strategy):
     config = _tiny_config(strategy)
     validate(config)
     dataset = load_dataset(config.dataset, config.data_dir)
-    trainer = Trainer.build(config, strategy, dataset)
-    scenario = build_scenario(config, 0, dataset)
-    record = trainer.run_stream(scenario, 0, jax.random.key(0))
+    job = StrategyJob.build(config, strategy, dataset)
+    job = dataclasses.replace(job, program=dataclasses.replace(job.program, max_traces=1))  # raises on a recompile
+    (record,) = run_stream(job, dataset, runs=[0])
     assert record["diverged"] is None
     assert len(record["accuracy"]) == 3
-    assert trainer.fit._cache_size() == 1
 
 
 @pytest.mark.parametrize(

@@ -17,8 +17,9 @@ import pytest
 
 from cljax import diagnostics, engine, experiment, report
 from cljax.config import base_config
+from cljax.hparams import positive
 from cljax.scenarios import build_scenario, load_dataset
-from cljax.strategies import STRATEGIES, naive
+from cljax.strategies import STRATEGIES, StrategySpec, naive
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_F = 1e-2
@@ -26,13 +27,16 @@ MAX_F = 1e-2
 
 def toy_importance(hp):
     """Naive plus a made-up importance (F = 10·θ², F̂ = clip(F, max_F)): exercises the Fig. 4-5
-    pictures without EWC/SI, which live on other branches."""
+    pictures with numbers known in advance."""
 
     def importance(state):
         f = jax.tree.map(lambda p: 10.0 * p**2, state.params["params"])
-        return {"F": f, "F_hat": jax.tree.map(lambda v: jnp.minimum(v, MAX_F), f), "max_f": MAX_F}
+        return {"F": f, "F_hat": jax.tree.map(lambda v: jnp.minimum(v, MAX_F), f)}
 
-    return dataclasses.replace(naive(hp), name="toy", importance=importance)
+    return dataclasses.replace(naive.naive(hp), name="toy", importance=importance)
+
+
+TOY = StrategySpec(toy_importance, {"max_f": positive(MAX_F, "the clip of F̂")})
 
 
 def tiny_config(strategies: str, num_runs: int, setting: str = "sit"):
@@ -57,7 +61,7 @@ def workdir(tmp_path_factory):
     """naive + toy (with importance), 2 runs, 3 batches: the report is written by run_experiment."""
     path = tmp_path_factory.mktemp("two_strategies")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(STRATEGIES, "toy", toy_importance)
+        mp.setitem(STRATEGIES, "toy", TOY)
         run(tiny_config("naive,toy", 2), path)
     return path
 
@@ -184,37 +188,32 @@ def test_ordered_confusion_puts_the_stream_order_first_and_normalises_rows():
     assert report.ordered_confusion(np.zeros((2, 2)), [0, 1]).sum() == 0  # empty rows stay zero
 
 
-def test_weight_change_and_confusion_matrices_match_numpy(monkeypatch):
-    """Runs the stream with fit and predict wrapped, then recomputes both diagnostics with NumPy."""
+def test_weight_change_and_confusion_matrices_match_numpy():
+    """Runs a stream, keeps the state after every batch, then recomputes both diagnostics with NumPy."""
     config = tiny_config("naive", 1)
     dataset = load_dataset("digits")
     scenario = build_scenario(config, 0, dataset)
-    trainer = experiment.Trainer.build(config, "naive", dataset)
-    fits, preds = [], []
-    inner_fit, inner_predict = trainer.fit, engine.predict
-
-    def recording_fit(state, *args):
-        new_state, fit_metrics = inner_fit(state, *args)
-        fits.append((jax.device_get(state.params), jax.device_get(new_state.params)))
-        return new_state, fit_metrics
-
-    def recording_predict(*args, **kwargs):
-        out = inner_predict(*args, **kwargs)
-        preds.append(np.asarray(out))
-        return out
-
-    trainer.fit = recording_fit
-    monkeypatch.setattr(engine, "predict", recording_predict)
-    record = trainer.run_stream(scenario, 0, jax.random.key(0))
-    assert len(fits) == len(preds) == scenario.num_batches
-    for t, ((before, after), pred) in enumerate(zip(fits, preds, strict=True)):
+    job = experiment.StrategyJob.build(config, "naive", dataset)
+    chunk = experiment.Chunk((0,), (0,))
+    start = experiment.start_chunk(job, chunk, [scenario])
+    params = [jax.device_get(engine.unstack_member(start.states).params)]
+    record = experiment.train_chunk(
+        job,
+        chunk,
+        [scenario],
+        start,
+        on_checkpoint=lambda p: params.append(jax.device_get(engine.unstack_member(p.states).params)),
+    ).records[0][0]
+    assert len(params) == scenario.num_batches + 1
+    for t, (before, after) in enumerate(zip(params, params[1:], strict=False)):
         # Naive: the evaluated params are the trained ones, and nothing happens around fit.
         flat_before = dict(jax.tree_util.tree_flatten_with_path(before["params"])[0])
         flat_after = dict(jax.tree_util.tree_flatten_with_path(after["params"])[0])
         expected = [np.mean(np.abs(flat_after[p].astype(np.float64) - flat_before[p])) for p in flat_after]
         np.testing.assert_allclose(record["diagnostics"]["weight_change"][t], expected, rtol=1e-5)
+        logits = np.asarray(job.program.model.apply(after, scenario.test_x))
         cm = np.zeros((10, 10), np.int64)
-        for true, guess in zip(scenario.test_y, pred, strict=True):
+        for true, guess in zip(scenario.test_y, logits.argmax(axis=1), strict=True):
             cm[true, guess] += 1
         np.testing.assert_array_equal(record["confusion_matrices"][t], cm)
 

@@ -7,6 +7,7 @@ added later are tested as they land.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import re
@@ -14,7 +15,7 @@ import signal
 import subprocess
 import sys
 
-import jax
+import numpy as np
 import pytest
 
 from cljax import checkpoint, diagnostics, experiment, main
@@ -154,9 +155,10 @@ def test_sigkilled_cli_resumes_to_identical_results(tmp_path, reference):
     outputs.append(out)
     # Each restart resumed from a checkpoint and did not redo the batches already checkpointed.
     for (name, run), out in zip(kill_points(), outputs[1:], strict=True):
-        resumed = re.search(rf"^{re.escape(name)} run {run}: resuming after batch (\d+)/{NUM_BATCHES}", out, re.M)
+        runs = rf"(run {run}|runs [\d,]*\b{run}\b[\d,]*)"  # alone, or vmapped with the other runs
+        resumed = re.search(rf"^{re.escape(name)} {runs}: resuming after batch (\d+)/{NUM_BATCHES}", out, re.M)
         assert resumed, out
-        done = int(resumed.group(1))
+        done = int(resumed.group(2))
         assert done >= KILL_AFTER
         assert not re.search(rf"^{re.escape(name)}\s+run {run} batch [1-{done}]/", out, re.M), out  # nor started
     expected = reference()
@@ -167,40 +169,43 @@ def test_sigkilled_cli_resumes_to_identical_results(tmp_path, reference):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_restored_run_continues_exactly(tmp_path, reference, name):
-    """Run 1 restored from its checkpoint after batch 1 finishes with the uninterrupted record:
-    - through the trainer that ran it: its compiled ``fit`` is reused (restored leaves have the
-      fresh leaves' shapes, dtypes, weak types and shardings);
-    - through a freshly built trainer: nothing the strategy needs lives outside the checkpoint.
-    The uninterrupted record also equals the CLI's (determinism: same config, seed, numbers).
+    """The runs restored from their checkpoint after batch 1 finish with the uninterrupted records:
+    - through the program that ran them: it is reused without a new compilation (restored leaves
+      have the fresh leaves' shapes, dtypes, weak types and shardings; max_traces=1 checks it);
+    - through a freshly built program: nothing the strategy needs lives outside the checkpoint.
+    The uninterrupted records also equal the CLI's (determinism: same config, seed, numbers).
     """
     config = tiny_config()
     dataset = load_dataset("digits")
-    run = 1
-    scenario = build_scenario(config, run, dataset)
-    key = jax.random.fold_in(jax.random.key(config.seed), run)
+    job = experiment.StrategyJob.build(config, name, dataset)
+    job = dataclasses.replace(job, program=dataclasses.replace(job.program, max_traces=1))
+    chunk = job.chunks(NUM_RUNS)[0]  # the CLI's first chunk: both runs when vmapped, run 0 alone when not
+    scenarios = [build_scenario(config, run, dataset) for run in chunk.runs]
     checkpoints = checkpoint.Checkpoints(str(tmp_path / "checkpoints"))
 
-    def save(stream: experiment.StreamState) -> None:
-        progress = {"record": stream.record, "next_batch": stream.next_batch}
-        checkpoints.save(stream.next_batch, stream.state, stream.key, progress)
-        checkpoints.keep(stream.next_batch)
+    def save(progress: experiment.ChunkProgress) -> None:
+        payload = {"records": progress.records, "alive": progress.alive.tolist(), "next_batch": progress.next_batch}
+        checkpoints.save(progress.next_batch, progress.states, payload)
+        checkpoints.keep(progress.next_batch)
 
-    def resume_with(trainer: experiment.Trainer) -> dict:
-        fresh = trainer.start_stream(scenario, run, key)
-        state, batch_key = checkpoints.restore(1, fresh.state, fresh.key)
-        progress = checkpoints.progress(1)
-        resume = experiment.StreamState(state, batch_key, progress["record"], progress["next_batch"])
-        return drop_timings(trainer.run_stream(scenario, run, key, resume=resume))
+    def resume_with(job: experiment.StrategyJob) -> list[dict]:
+        fresh = experiment.start_chunk(job, chunk, scenarios)
+        saved = checkpoints.progress(1)
+        states = checkpoints.restore(1, fresh.states)
+        progress = experiment.ChunkProgress(states, saved["records"], np.asarray(saved["alive"]), saved["next_batch"])
+        final = experiment.train_chunk(job, chunk, scenarios, progress)
+        return [drop_timings(record) for row in final.records for record in row]
 
-    trainer = experiment.Trainer.build(config, name, dataset)
-    uninterrupted = trainer.run_stream(scenario, run, key, on_checkpoint=save)
-    assert uninterrupted["diverged"] is None and len(uninterrupted["accuracy"]) == NUM_BATCHES
-    expected = json.loads(json.dumps(drop_timings(uninterrupted)))  # as the checkpoint's JSON has it
-    assert resume_with(trainer) == expected
-    assert trainer.fit._cache_size() == 1
-    assert resume_with(experiment.Trainer.build(config, name, dataset)) == expected
+    start = experiment.start_chunk(job, chunk, scenarios)
+    final = experiment.train_chunk(job, chunk, scenarios, start, on_checkpoint=save)
+    uninterrupted = [record for row in final.records for record in row]
+    assert all(r["diverged"] is None and len(r["accuracy"]) == NUM_BATCHES for r in uninterrupted)
+    expected = json.loads(json.dumps([drop_timings(r) for r in uninterrupted]))  # as the checkpoint's JSON has it
+    assert resume_with(job) == expected
+    assert resume_with(experiment.StrategyJob.build(config, name, dataset)) == expected
     checkpoints.close()
-    assert drop_timings(reference()["strategies"][name]["runs"][run]) == expected
+    cli_runs = reference()["strategies"][name]["runs"]
+    assert [drop_timings(cli_runs[run]) for run in chunk.runs] == expected
 
 
 def drop_timings(record: dict) -> dict:

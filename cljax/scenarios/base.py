@@ -108,6 +108,12 @@ class Scenario:
             seen.extend(c for c in batch.classes if c not in seen)
         return seen
 
+    def training_set(self, i: int, union: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Training arrays (x, y) of B_{i+1} (0-based ``i``), or with ``union`` of B_1 ∪ ... ∪ B_{i+1}
+        (Cumulative's data)."""
+        batches = self.batches[: i + 1] if union else self.batches[i : i + 1]
+        return np.concatenate([b.x for b in batches]), np.concatenate([b.y for b in batches])
+
     def class_to_task(self) -> np.ndarray:
         """[num_classes] int32: the batch (task) that introduces each class; -1 if none."""
         task = np.full(self.num_classes, -1, np.int32)

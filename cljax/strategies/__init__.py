@@ -1,35 +1,50 @@
-"""Strategy registry: name -> factory(hparams: ConfigDict) -> Strategy."""
+"""Strategy registry: name -> ``StrategySpec`` (factory and hyperparameters, one file each)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Mapping
+from typing import Any
 
-from cljax.strategies.ar1 import ar1
-from cljax.strategies.base import BatchContext, Strategy
-from cljax.strategies.cumulative import cumulative
-from cljax.strategies.cwr import cwr
-from cljax.strategies.cwr_plus import cwr_plus
-from cljax.strategies.ewc import ewc
-from cljax.strategies.lwf import lwf
-from cljax.strategies.naive import naive
-from cljax.strategies.si import si
+from cljax.strategies import ar1, cumulative, cwr, cwr_plus, ewc, lwf, naive, si
+from cljax.strategies.base import BatchContext, Strategy, StrategySpec
 
-STRATEGIES: dict[str, Callable[..., Strategy]] = {
-    "naive": naive,
-    "cumulative": cumulative,
-    "lwf": lwf,
-    "ewc": ewc,
-    "si": si,
-    "cwr": cwr,
-    "cwr_plus": cwr_plus,
-    "ar1": ar1,
+STRATEGIES: dict[str, StrategySpec] = {
+    "naive": naive.SPEC,
+    "cumulative": cumulative.SPEC,
+    "lwf": lwf.SPEC,
+    "ewc": ewc.SPEC,
+    "si": si.SPEC,
+    "cwr": cwr.SPEC,
+    "cwr_plus": cwr_plus.SPEC,
+    "ar1": ar1.SPEC,
 }
 
 
-def make_strategy(name: str, hparams=None) -> Strategy:
+def strategy_spec(name: str) -> StrategySpec:
     if name not in STRATEGIES:
         raise ValueError(f"strategy {name!r} is unknown; allowed: {', '.join(STRATEGIES)}")
-    return STRATEGIES[name](hparams)
+    return STRATEGIES[name]
 
 
-__all__ = ["STRATEGIES", "BatchContext", "Strategy", "make_strategy"]
+def make_strategy(name: str, hparams: Mapping[str, Any] | None = None) -> Strategy:
+    """The strategy ``name`` built from its static hyperparameters (defaults where absent)."""
+    spec = strategy_spec(name)
+    values = {k: p.default for k, p in spec.hparams.items()}
+    values.update(hparams or {})
+    return spec.factory(spec.static_hparams(values))
+
+
+def default_hparams(name: str) -> dict[str, Any]:
+    """Every hyperparameter of strategy ``name`` at its default."""
+    return {k: p.default for k, p in strategy_spec(name).hparams.items()}
+
+
+__all__ = [
+    "STRATEGIES",
+    "BatchContext",
+    "Strategy",
+    "StrategySpec",
+    "default_hparams",
+    "make_strategy",
+    "strategy_spec",
+]

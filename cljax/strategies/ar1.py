@@ -7,14 +7,14 @@
   F̂ = 0 before B_1 (lines 3-4: no penalty on B_1). The anchor penalty and the SI path tracker
   are masked to Θ̄ (``transforms.exclude_mask("head")``): importance, anchor and penalty
   never touch the head.
-- After each batch (lines 11-14): consolidate cw, Θ* = Θ̄, F^i = path/(T² + ξ) (eq. 10,
-  ``transforms.si_batch_importance``), F = F + w_i·F^i, F̂ = clip(F, max_F) (eq. 11,
-  ``si.si_consolidate``), w_1 = ``w_first``, w_i = ``w_rest``.
+- After each batch (lines 11-14): consolidate cw, Θ* = Θ̄, F^i = path/(T² + ξ) (eq. 10),
+  F = F + w_i·F^i, F̂ = clip(F, max_F) (eq. 11), w_1 = ``w_first``, w_i = ``w_rest``.
 - Maximal head by default (App. A); ``head=expanding`` is an option.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -23,14 +23,23 @@ import optax
 
 from cljax import transforms
 from cljax.engine import Params, TrainState
+from cljax.hparams import choice, non_negative, positive
 from cljax.models import HEAD
 from cljax.strategies import head
-from cljax.strategies.base import BatchContext, Data, Strategy
-from cljax.strategies.cwr_plus import AVERAGES, consolidate_mean_shift, reset_head
-from cljax.strategies.ewc import warn_if_unstable
-from cljax.strategies.si import si_consolidate
+from cljax.strategies.base import BatchContext, Data, Strategy, StrategySpec
+from cljax.strategies.penalty import si_after_batch, start_si_batch, warn_if_unstable
 
 shared_weights = transforms.exclude_mask(HEAD)  # Θ̄: every parameter outside the head
+
+HPARAMS = {
+    "strength": positive(5e4, "λ of the SI penalty on Θ̄ (eq. 7); 1/(η·max_F) is the largest stable value"),
+    "max_f": positive(1e-3, "max_F (eq. 11; Tables 4-5: 0.001)"),
+    "xi": positive(1e-3, "ξ of eq. 10"),
+    "w_first": non_negative(2e-2, "w_1 of eq. 11 (Table 4: 0.0015; larger here: B_1's features are the ones to keep)"),
+    "w_rest": non_negative(2e-2, "w_i of eq. 11, i > 1 (Table 4: 0.0015)"),
+    "avg": choice("batch", head.AVERAGES, "mean-shift average, as cwr_plus.avg"),
+}
+TRAINING = {"epochs": 20, "lr": 0.02}  # B_i>1, as CWR+
 
 
 class AR1State(NamedTuple):
@@ -51,50 +60,46 @@ def without_head(tree: Params) -> Params:
     return {**tree, "params": {k: v for k, v in tree["params"].items() if k != HEAD}}
 
 
-def ar1(hparams) -> Strategy:
-    """hparams: ``strength`` (λ), ``max_f``, ``xi`` (ξ), ``w_first``, ``w_rest`` (eq. 11's w_i), ``avg``."""
-    strength, max_f, xi = float(hparams.strength), float(hparams.max_f), float(hparams.xi)
-    w_first, w_rest, avg = float(hparams.w_first), float(hparams.w_rest), hparams.avg
-    if avg not in AVERAGES:
-        raise ValueError(f"ar1.avg={avg!r} is unknown; allowed: {', '.join(AVERAGES)}")
-    warn_if_unstable(float(hparams.lr), strength, max_f, "ar1")
+def transform(base_tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    # Penalty first (its gradient goes through the base optimizer), tracker last (it sees the
+    # applied update Δθ); both on Θ̄ only. The head bias gets no update (CWR+).
+    return optax.chain(
+        transforms.anchor_penalty_in_state(mask=shared_weights),
+        head.freeze_head_bias(base_tx),
+        transforms.si_path_tracker(mask=shared_weights),
+    )
 
-    def transform(base_tx: optax.GradientTransformation) -> optax.GradientTransformation:
-        # Penalty first (its gradient goes through the base optimizer), tracker last (it sees the
-        # applied update Δθ); both on Θ̄ only. The head bias gets no update (CWR+).
-        return optax.chain(
-            transforms.quadratic_anchor_penalty(strength, mask=shared_weights),
-            head.freeze_head_bias(base_tx),
-            transforms.si_path_tracker(mask=shared_weights),
-        )
 
-    def before_batch(state: TrainState, ctx: BatchContext) -> tuple[TrainState, Data]:
-        state = state._replace(opt_state=transforms.reset_si_path(state.opt_state, state.params))
-        return reset_head(state, ctx), ctx.data  # Alg. 3 line 7: tw = 0
+def before_batch(state: TrainState, ctx: BatchContext) -> tuple[TrainState, Data]:
+    state = start_si_batch(state, ctx)
+    params = head.reset_head(state.params, state.strategy_state.head, ctx.class_counts)  # line 7: tw = 0
+    return state._replace(params=params), {}
 
-    def after_batch(state: TrainState, ctx: BatchContext) -> TrainState:
-        consolidated = consolidate_mean_shift(state.strategy_state.head, state.params, ctx, avg)  # lines 11-12
-        batch_importance = transforms.si_batch_importance(
-            transforms.si_path_state(state.opt_state), state.params, xi
-        )  # eq. 10
-        weight = jnp.float32(w_first if ctx.index == 0 else w_rest)
-        importance, f_hat = si_consolidate(state.strategy_state.importance, batch_importance, weight, max_f)  # eq. 11
-        opt_state = transforms.replace_anchor_state(state.opt_state, anchor=state.params, importance=f_hat)  # line 13
-        return TrainState(state.params, opt_state, AR1State(consolidated, importance))
 
-    def eval_params(state: TrainState) -> Params:
-        return head.with_head(state.params, state.strategy_state.head.cw)  # line 15: Θ̄ and cw
+def after_batch(state: TrainState, ctx: BatchContext, avg: str) -> TrainState:
+    consolidated = head.consolidate_mean_shift(state.strategy_state.head, state.params, ctx.class_counts, avg)
+    importance, opt_state = si_after_batch(state, ctx, state.strategy_state.importance)  # lines 13-14
+    return TrainState(state.params, opt_state, AR1State(consolidated, importance))
 
-    def importance(state: TrainState) -> dict[str, Any]:
-        report = transforms.importance_report(state.strategy_state.importance, state.opt_state, max_f)
-        return {**report, "F": without_head(report["F"]), "F_hat": without_head(report["F_hat"])}
 
+def importance(state: TrainState) -> dict[str, Any]:
+    report = transforms.importance_report(state.strategy_state.importance, state.opt_state)
+    return {"F": without_head(report["F"]), "F_hat": without_head(report["F_hat"])}
+
+
+def ar1(hparams: Mapping[str, Any] | None = None) -> Strategy:
+    avg = "batch" if hparams is None else hparams["avg"]
     return Strategy(
         name="ar1",
         transform=transform,
         init=init_ar1_state,
         before_batch=before_batch,
-        after_batch=after_batch,
-        eval_params=eval_params,
+        after_batch=lambda state, ctx: after_batch(state, ctx, avg),
+        eval_params=head.eval_with_cw,
         importance=importance,
     )
+
+
+SPEC = StrategySpec(
+    ar1, HPARAMS, TRAINING, doc="CWR+ head and SI on Θ̄ (sec. 3.3, Alg. 3)", check=lambda v: warn_if_unstable(v, "ar1")
+)

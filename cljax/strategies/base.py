@@ -3,62 +3,72 @@
 A continual-learning strategy is fully described by
 
 - ``transform(base_tx)``: the optax transformation it trains with (EWC/SI add a
-  quadratic anchor penalty, SI a path tracker, CWR freezes the shared weights);
+  quadratic anchor penalty, SI a path tracker, CWR freezes the shared weights Θ̄
+  with ``transforms.freeze_body``);
 - ``init(params)``: its own state (consolidated head, importances, ...);
-- ``before_batch(state, ctx)`` / ``after_batch(state, ctx)``: pure updates of the
-  ``TrainState`` around the training of batch B_i (reset the head, compute soft
-  targets, consolidate); ``before_batch`` may also add per-example arrays to the
-  training data (LwF's soft targets), with the same keys and shapes every batch;
+- ``before_batch(state, ctx) -> (state, extras)`` / ``after_batch(state, ctx) -> state``:
+  pure updates of the ``TrainState`` around the training of batch B_i (reset the head,
+  restart from the initial weights, consolidate). ``extras`` is a dict of per-example
+  arrays the loss reads besides ``x`` and ``y`` (LwF's soft targets), the same keys and
+  shapes every batch; ``{}`` for most strategies;
 - ``loss(logits, minibatch, strategy_state)``: per-example task loss;
 - ``eval_params(state)``: the parameters evaluation uses (CWR: Θ̄ with cw);
 - ``importance(state)`` (optional, EWC/SI/AR1): ``{"F": raw importance, "F_hat":
-  clipped importance, "max_f": clip value}`` for diagnostics (paper Fig. 4-5);
-- ``trains_body(i)`` (static, default always True): False when batch B_i trains the head
-  alone with the shared weights Θ̄ frozen (CWR, CWR+ after B_1); the Trainer then computes the
-  penultimate features once and fits only the head, so Θ̄ stays bitwise unchanged and no
-  gradient is computed for it.
+  clipped importance}`` for diagnostics (paper Fig. 4-5);
+- ``default_head`` (App. A) and ``training_data``: ``"batch"`` trains on B_i,
+  ``"union"`` on B_1 ∪ ... ∪ B_i (Cumulative; the scenario provides the union).
 
-Every hook keeps the shapes and dtypes of every leaf, so the compiled training
-step is reused by every batch of the stream.
+Every hook is jittable and vmappable: ``BatchContext`` holds arrays only (plus the
+static model function and optimizer), hyperparameters that a grid may vary arrive as
+arrays in ``ctx.hparams``, and every hook keeps the shapes and dtypes of every leaf, so
+one compiled program serves every batch, run and grid point of a stream.
+
+A strategy is registered with ``StrategySpec``: its factory and its hyperparameters
+(``cljax.hparams``), declared once, beside the factory.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import optax
+from flax import struct
 
 from cljax.engine import LossFn, Params, TrainState, cross_entropy
+from cljax.hparams import HParam
 
 Data = dict[str, jax.Array]
 
 
-@dataclasses.dataclass(frozen=True)
+@struct.dataclass
 class BatchContext:
-    """What a hook may know about the batch B_i being trained (index is 0-based)."""
+    """What a hook knows about the batch B_i being trained: arrays only (index is 0-based)."""
 
-    index: int
-    classes: tuple[int, ...]  # classes of this batch
-    seen_classes: tuple[int, ...]  # classes of B_1..B_i, this batch included
-    num_classes: int
-    data: Data  # training arrays, padded: x, y (+ strategy arrays)
-    num_examples: int  # real rows of ``data``
-    batch_sizes: tuple[int, ...]  # examples n_j of B_1..B_i (LwF eq. 5)
-    apply_fn: Callable[..., jax.Array]  # apply_fn(params, x, train=False) -> logits
-    logit_mask: jax.Array  # [num_classes] bool, the training head
+    index: jax.Array  # int32 []: i − 1 for batch B_i
+    classes: jax.Array  # bool [C]: classes present in B_i
+    seen_classes: jax.Array  # bool [C]: classes of B_1..B_i
+    class_counts: jax.Array  # float32 [C]: training examples of each class in ``data`` (real rows)
+    batch_sizes: jax.Array  # int32 [T]: n_j of B_1..B_i, 0 for the batches still to come (LwF eq. 5)
+    num_examples: jax.Array  # int32 []: real rows of ``data``
+    data: Data  # training arrays, padded to a fixed capacity: x, y (MT: mask_index)
+    logit_mask: jax.Array  # bool [C]: the training head (maximal, expanding, or B_i's task head)
+    hparams: dict[str, jax.Array]  # the traced hyperparameters of this run (one grid point)
     key: jax.Array
+    apply_fn: Callable[..., jax.Array] = struct.field(pytree_node=False)  # apply_fn(params, x, train=False)
+    tx: optax.GradientTransformation = struct.field(pytree_node=False)  # the strategy's full transformation
 
 
-def _keep_state(state: TrainState, ctx: BatchContext) -> TrainState:
+def no_extras(state: TrainState, ctx: BatchContext) -> tuple[TrainState, Data]:
+    del ctx
+    return state, {}
+
+
+def keep_state(state: TrainState, ctx: BatchContext) -> TrainState:
     del ctx
     return state
-
-
-def _keep_data(state: TrainState, ctx: BatchContext) -> tuple[TrainState, Data]:
-    return state, ctx.data
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,12 +76,34 @@ class Strategy:
     name: str
     transform: Callable[[optax.GradientTransformation], optax.GradientTransformation] = lambda tx: tx
     init: Callable[[Params], Any] = lambda params: ()
-    before_batch: Callable[[TrainState, BatchContext], tuple[TrainState, Data]] = _keep_data
-    after_batch: Callable[[TrainState, BatchContext], TrainState] = _keep_state
+    before_batch: Callable[[TrainState, BatchContext], tuple[TrainState, Data]] = no_extras
+    after_batch: Callable[[TrainState, BatchContext], TrainState] = keep_state
     loss: LossFn = cross_entropy
     eval_params: Callable[[TrainState], Params] = lambda state: state.params
     importance: Callable[[TrainState], dict[str, Any]] | None = None
     default_head: str = "maximal"  # App. A: maximal for all but LwF (expanding)
-    cumulative_data: bool = False  # train on B_1 ∪ ... ∪ B_i instead of B_i
-    restart_each_batch: bool = False  # start every batch from the run's initial weights and a fresh optimizer
-    trains_body: Callable[[int], bool] = lambda index: True  # False: B_index trains the head only
+    training_data: str = "batch"  # batch: B_i | union: B_1 ∪ ... ∪ B_i (Cumulative)
+
+
+@dataclasses.dataclass(frozen=True)
+class StrategySpec:
+    """A registered strategy: ``factory(static_hparams) -> Strategy`` and its hyperparameters.
+
+    ``hparams`` declares the strategy's own fields; ``training`` overrides the top-level
+    training defaults (epochs, learning rates, ...) for this strategy (Tables 4-5 give each
+    strategy its own).
+    """
+
+    factory: Callable[[Mapping[str, Any]], Strategy]
+    hparams: Mapping[str, HParam] = dataclasses.field(default_factory=dict)
+    training: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    doc: str = ""
+    # Called with each grid point's merged values (hyperparameters and training fields) before
+    # any training, e.g. to warn about an unstable penalty; raises ConfigError for bad input.
+    check: Callable[[Mapping[str, Any]], None] | None = None
+
+    def static_hparams(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: values[k] for k, spec in self.hparams.items() if not spec.traced}
+
+    def traced_names(self) -> tuple[str, ...]:
+        return tuple(k for k, spec in self.hparams.items() if spec.traced)

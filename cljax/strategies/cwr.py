@@ -2,10 +2,11 @@
 
 - cw = 0 before B_1 (``head.init_head_state``).
 - Before each batch the temporary head tw is re-initialised: kernel Gaussian (mean 0, std
-  ``init_std`` = 0.01), bias zero (Caffe's constant bias filler).
-- B_1 trains the shared weights Θ̄ and tw; later batches train tw only with Θ̄ frozen:
-  ``trains_body(i)`` is False for i > 1, so the Trainer computes the penultimate features once
-  and fits the head alone (Θ̄ is not touched, no gradient is computed for it).
+  ``init_std`` = 0.01), bias zero (Caffe's constant bias filler), with a fresh optimizer state.
+- B_1 trains the shared weights Θ̄ and tw; later batches train tw only: Θ̄ is frozen by an optax
+  transformation (``transforms.freeze_body``, set from B_2 on), so it stays bitwise unchanged.
+  The engine trains such batches on penultimate features computed once when that gives the same
+  result (a body without dropout); otherwise it runs the masked full fit.
 - After each batch cw[j] = w_i·tw[j] (kernel column and bias) for the classes j of the batch,
   w_1 = ``w_first``, w_i = ``w_rest`` (Table 4: 1.25, 1 for CaffeNet; Table 5: 1, 1); a class seen
   again blends with its past weights (``head.consolidate``).
@@ -14,14 +15,26 @@
 
 from __future__ import annotations
 
-import functools
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import optax
 
+from cljax import transforms
 from cljax.engine import TrainState
+from cljax.hparams import non_negative
+from cljax.models import HEAD
 from cljax.strategies import head
-from cljax.strategies.base import BatchContext, Data, Strategy
+from cljax.strategies.base import BatchContext, Data, Strategy, StrategySpec
+
+HPARAMS = {
+    "w_first": non_negative(1.0, "w_1: cw[j] = w_1·tw[j] after B_1 (Alg. 1 line 10; Table 4 CaffeNet: 1.25)"),
+    "w_rest": non_negative(1.0, "w_i, i > 1"),
+    "init_std": non_negative(0.01, "std of tw's Gaussian re-initialisation (Alg. 1 line 5; 0 = zeros)"),
+}
+TRAINING = {"epochs": 20, "lr": 0.02}  # B_i>1 trains the head alone: cheap
 
 
 @jax.jit
@@ -34,38 +47,32 @@ def gaussian_head(key: jax.Array, tw: head.Params, std: jax.Array) -> head.Param
     }
 
 
-def trains_body_on_first_batch_only(index: int) -> bool:
-    """Alg. 1-2 lines 7-8: Θ̄ learns on B_1 and is frozen afterwards."""
-    return index == 0
+def transform(base_tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    return optax.chain(base_tx, transforms.freeze_body(HEAD))
 
 
-def _before_batch(state: TrainState, ctx: BatchContext, init_std: float) -> tuple[TrainState, Data]:
-    tw = gaussian_head(ctx.key, head.head_of(state.params), jnp.float32(init_std))
-    return state._replace(params=head.with_head(state.params, tw)), ctx.data
+def before_batch(state: TrainState, ctx: BatchContext) -> tuple[TrainState, Data]:
+    tw = gaussian_head(ctx.key, head.head_of(state.params), ctx.hparams["init_std"])
+    params = head.with_head(state.params, tw)
+    return TrainState(params, head.fresh_optimizer(params, ctx.tx, ctx.index), state.strategy_state), {}
 
 
-def _after_batch(state: TrainState, ctx: BatchContext, w_first: float, w_rest: float) -> TrainState:
-    w = jnp.float32(w_first if ctx.index == 0 else w_rest)
+def after_batch(state: TrainState, ctx: BatchContext) -> TrainState:
+    w = jnp.where(ctx.index == 0, ctx.hparams["w_first"], ctx.hparams["w_rest"])
     scaled = jax.tree.map(lambda t: (w * t).astype(t.dtype), head.head_of(state.params))
-    counts = head.batch_counts(state.strategy_state.past_counts, ctx.data, ctx.num_examples)
-    return state._replace(strategy_state=head.consolidate(state.strategy_state, scaled, counts))
+    return state._replace(strategy_state=head.consolidate(state.strategy_state, scaled, ctx.class_counts))
 
 
-def eval_with_cw(state: TrainState) -> head.Params:
-    """Θ̄ with the consolidated head cw (Alg. 1-2 line 11)."""
-    return head.with_head(state.params, state.strategy_state.cw)
-
-
-def cwr(hparams=None) -> Strategy:
-    """hparams: ``w_first``, ``w_rest`` (w_1, w_i>1) and ``init_std`` (tw's Gaussian std)."""
-    w_first = float(hparams.w_first) if hparams is not None else 1.0
-    w_rest = float(hparams.w_rest) if hparams is not None else 1.0
-    init_std = float(hparams.init_std) if hparams is not None else 0.01
+def cwr(hparams: Mapping[str, Any] | None = None) -> Strategy:
+    del hparams  # w_first, w_rest and init_std are traced: they arrive in ctx.hparams
     return Strategy(
         name="cwr",
+        transform=transform,
         init=head.init_head_state,
-        before_batch=functools.partial(_before_batch, init_std=init_std),
-        after_batch=functools.partial(_after_batch, w_first=w_first, w_rest=w_rest),
-        eval_params=eval_with_cw,
-        trains_body=trains_body_on_first_batch_only,
+        before_batch=before_batch,
+        after_batch=after_batch,
+        eval_params=head.eval_with_cw,
     )
+
+
+SPEC = StrategySpec(cwr, HPARAMS, TRAINING, doc="Copy Weight with Re-init (sec. 3.1, Alg. 1)")

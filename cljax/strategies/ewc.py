@@ -14,14 +14,14 @@ gradients, ``fisher_batch_size`` patterns per mini-batch in a random order.
 The logits get the training head's mask, as during training.
 
 Stability of eq. 7 needs η·λ·max_F ≤ 1; Table 4's own values give about 1.2, so an
-excess is a warning, not an error.
+excess is a warning, not an error. λ and max_F are traced hyperparameters (``ctx.hparams``):
+λ is written into the penalty's state before each batch, so a grid over them is one program.
 """
 
 from __future__ import annotations
 
 import functools
-import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -30,21 +30,19 @@ import optax
 
 from cljax import transforms
 from cljax.engine import Params, TrainState, cross_entropy, mask_logits
-from cljax.strategies.base import BatchContext, Strategy
+from cljax.hparams import choice, positive, positive_int
+from cljax.strategies.base import BatchContext, Data, Strategy, StrategySpec
+from cljax.strategies.penalty import set_strength, warn_if_unstable
 
 FISHER_MODES = ("per_example", "minibatch")
 
-
-def warn_if_unstable(lr: float, strength: float, max_f: float, name: str) -> None:
-    """Warns when η·λ·max_F > 1: the pull toward Θ* can overshoot (eq. 7)."""
-    product = lr * strength * max_f
-    if product > 1.0:
-        warnings.warn(
-            f"{name}: learning rate η={lr:g} · strength λ={strength:g} · max_f={max_f:g} = {product:.3g} > 1; "
-            "the penalty step can overshoot the anchor (eq. 7)",
-            RuntimeWarning,
-            stacklevel=2,
-        )
+HPARAMS = {
+    "strength": positive(2e5, "λ of the penalty (eq. 7); 1/(η·max_F) is the largest stable value"),
+    "max_f": positive(1e-3, "max_F, the clip of F̂ (eq. 8; Table 4: 0.001)"),
+    "fisher": choice("per_example", FISHER_MODES, "per_example: squared per-pattern gradients | minibatch (App. A)"),
+    "fisher_batch_size": positive_int(64, "per_example: patterns per chunk; minibatch: patterns per mini-batch"),
+}
+TRAINING = {"lr": 0.005}  # B_i>1 learning rate, lower than B_1's (Table 4 does the same)
 
 
 def _example_loss(apply_fn, params, x, y, logit_mask):
@@ -111,18 +109,17 @@ def ewc_consolidate(fisher_sum: Params, batch_fisher: Params, batches_seen, max_
     return fisher_sum, f_hat
 
 
-def ewc(hparams) -> Strategy:
-    strength, max_f = float(hparams.strength), float(hparams.max_f)
-    mode, chunk = hparams.fisher, int(hparams.fisher_batch_size)
-    if mode not in FISHER_MODES:
-        raise ValueError(f"ewc.fisher={mode!r} is unknown; allowed: {', '.join(FISHER_MODES)}")
-    warn_if_unstable(float(hparams.lr), strength, max_f, "ewc")
+def ewc(hparams: Mapping[str, Any]) -> Strategy:
+    mode, chunk = hparams["fisher"], int(hparams["fisher_batch_size"])
 
     def transform(base_tx: optax.GradientTransformation) -> optax.GradientTransformation:
-        return optax.chain(transforms.quadratic_anchor_penalty(strength), base_tx)
+        return optax.chain(transforms.anchor_penalty_in_state(), base_tx)
 
     def init(params: Params) -> dict[str, Any]:
         return {"fisher_sum": jax.tree.map(jnp.zeros_like, params)}
+
+    def before_batch(state: TrainState, ctx: BatchContext) -> tuple[TrainState, Data]:
+        return set_strength(state, ctx), {}
 
     def after_batch(state: TrainState, ctx: BatchContext) -> TrainState:
         batch_fisher = diagonal_fisher(
@@ -136,11 +133,29 @@ def ewc(hparams) -> Strategy:
             mode=mode,
             chunk=chunk,
         )
-        fisher_sum, f_hat = ewc_consolidate(state.strategy_state["fisher_sum"], batch_fisher, ctx.index + 1, max_f)
+        fisher_sum, f_hat = ewc_consolidate(
+            state.strategy_state["fisher_sum"], batch_fisher, ctx.index + 1, ctx.hparams["max_f"]
+        )
         opt_state = transforms.replace_anchor_state(state.opt_state, anchor=state.params, importance=f_hat)
         return TrainState(state.params, opt_state, {**state.strategy_state, "fisher_sum": fisher_sum})
 
     def importance(state: TrainState) -> dict[str, Any]:
-        return transforms.importance_report(state.strategy_state["fisher_sum"], state.opt_state, max_f)
+        return transforms.importance_report(state.strategy_state["fisher_sum"], state.opt_state)
 
-    return Strategy(name="ewc", transform=transform, init=init, after_batch=after_batch, importance=importance)
+    return Strategy(
+        name="ewc",
+        transform=transform,
+        init=init,
+        before_batch=before_batch,
+        after_batch=after_batch,
+        importance=importance,
+    )
+
+
+SPEC = StrategySpec(
+    ewc,
+    HPARAMS,
+    TRAINING,
+    doc="Elastic Weight Consolidation (sec. 2.2, eq. 6-8)",
+    check=lambda v: warn_if_unstable(v, "ewc"),
+)

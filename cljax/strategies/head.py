@@ -12,12 +12,14 @@ serves every batch of every run.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from cljax import transforms
 from cljax.models import HEAD
 
 Params = Any
@@ -69,13 +71,6 @@ def freeze_head_bias(tx: optax.GradientTransformation) -> optax.GradientTransfor
 
 
 @jax.jit
-def class_counts(y: jax.Array, num_examples: jax.Array, template_C: jax.Array) -> jax.Array:
-    """[C] float32: training examples of each class among the first ``num_examples`` rows of ``y``."""
-    valid = (jnp.arange(y.shape[0]) < num_examples).astype(jnp.float32)
-    return jnp.zeros(template_C.shape, jnp.float32).at[y].add(valid)
-
-
-@jax.jit
 def consolidate(state: HeadState, new: Params, counts_C: jax.Array) -> HeadState:
     """Writes the batch's class weights ``new`` into cw (Alg. 1 line 10, Alg. 2 line 10).
 
@@ -96,6 +91,54 @@ def consolidate(state: HeadState, new: Params, counts_C: jax.Array) -> HeadState
     return HeadState(cw, (state.past_counts + counts_C).astype(state.past_counts.dtype))
 
 
-def batch_counts(state_counts: jax.Array, data: dict[str, jax.Array], num_examples: int) -> jax.Array:
-    """Per-class example counts of the batch being trained (shape of ``state_counts``)."""
-    return class_counts(data["y"], jnp.int32(num_examples), state_counts)
+AVERAGES = ("batch", "all")
+
+
+@jax.jit
+def zero_head(tw: Params, cw: Params, restore_C: jax.Array) -> Params:
+    """CWR+'s tw = 0 (Alg. 2 line 5), except the classes in ``restore_C`` that start from cw; bias 0."""
+    return {
+        "kernel": jnp.where(restore_C, cw["kernel"], 0).astype(tw["kernel"].dtype),
+        "bias": jnp.zeros_like(tw["bias"]),
+    }
+
+
+@functools.partial(jax.jit, static_argnames="avg")
+def mean_shift(tw: Params, present_C: jax.Array, avg: str = "batch") -> Params:
+    """Alg. 2 line 10's new class weights tw[j] − avg(tw) (bias: zero).
+
+    ``avg='batch'``: avg is the mean over every entry of the kernel columns j with
+    ``present_C[j]`` (the batch's classes); ``avg='all'``: the mean over the whole kernel.
+    """
+    kernel = tw["kernel"]
+    if avg == "batch":
+        columns = jnp.sum(present_C.astype(kernel.dtype))
+        mean = jnp.sum(jnp.where(present_C, kernel, 0)) / (columns * kernel.shape[0])
+    else:
+        mean = jnp.mean(kernel)
+    return {"kernel": (kernel - mean).astype(kernel.dtype), "bias": jnp.zeros_like(tw["bias"])}
+
+
+def reset_head(params: Params, consolidated: HeadState, counts_C: jax.Array) -> Params:
+    """Zero-initialised tw in ``params`` (CWR+, AR1), restoring cw for classes seen again (NI/NIC)."""
+    restore = (counts_C > 0) & (consolidated.past_counts > 0)
+    return with_head(params, zero_head(head_of(params), consolidated.cw, restore))
+
+
+def consolidate_mean_shift(consolidated: HeadState, params: Params, counts_C: jax.Array, avg: str) -> HeadState:
+    """Alg. 2-3: cw[j] = tw[j] − avg(tw) for the batch's classes (blending classes seen again)."""
+    return consolidate(consolidated, mean_shift(head_of(params), counts_C > 0, avg), counts_C)
+
+
+def eval_with_cw(state) -> Params:
+    """Θ̄ with the consolidated head cw (Alg. 1-2 line 11, Alg. 3 line 15); ``state.strategy_state``
+    is a ``HeadState`` (CWR, CWR+) or holds one as ``.head`` (AR1)."""
+    consolidated = state.strategy_state
+    consolidated = consolidated if isinstance(consolidated, HeadState) else consolidated.head
+    return with_head(state.params, consolidated.cw)
+
+
+def fresh_optimizer(params: Params, tx: optax.GradientTransformation, index: jax.Array) -> optax.OptState:
+    """A fresh optimizer state for batch ``index`` (the head is re-initialised, so its momentum
+    starts again) with Θ̄ frozen after B_1 (``transforms.freeze_body``; Alg. 1-2 lines 7-8)."""
+    return transforms.set_frozen(tx.init(params), index > 0)

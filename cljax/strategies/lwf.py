@@ -12,38 +12,49 @@ Choices: the soft targets are the softmax over the training head (the classes
 seen so far, the current batch's included: eq. 3's targets and the loss live on
 the same "s classes encountered so far", sec. 2.1); λ_i is clipped to [0, 1]
 so the target stays a distribution when the map is extrapolated outside
-``map_from``. λ_i lives in the strategy state as a float32 scalar, so changing
-it does not recompile the training step.
+``map_from``. λ_i lives in the strategy state as a float32 scalar and the map's
+intervals arrive as traced hyperparameters, so neither recompiles the training step.
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Sequence
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from cljax.engine import TrainState, mask_logits
-from cljax.strategies.base import BatchContext, Data, Strategy
+from cljax.engine import TrainState, chunked_map, mask_logits
+from cljax.hparams import interval
+from cljax.strategies.base import BatchContext, Data, Strategy, StrategySpec
 
 SOFT_TARGETS = "soft_targets"  # key of the per-example [capacity, C] soft targets in the training data
 SOFT_TARGET_CHUNK = 1000  # examples per forward pass when computing soft targets (bounded memory)
 
 
-def linear_map(x: float, map_from: Sequence[float], map_to: Sequence[float]) -> float:
+HPARAMS = {
+    # 1 − n_i/Σn_j of 5 equal batches runs 1/2 ... 4/5 (Table 4, CORe50: 0.66 ... 0.9) ...
+    "map_from": interval((0.5, 0.8), "interval of 1 − n_i/Σ_{j≤i} n_j mapped linearly (eq. 5)"),
+    # ... mapped linearly onto this interval of λ_i (Table 4: 0.45 ... 0.85).
+    "map_to": interval((0.6, 0.9), "interval of λ_i it is mapped onto (eq. 5)"),
+}
+
+
+def linear_map(x, map_from, map_to):
     """The linear map taking ``map_from[0]`` to ``map_to[0]`` and ``map_from[1]`` to ``map_to[1]`` (eq. 5's map)."""
     (a, b), (c, d) = map_from, map_to
     return c + (x - a) * (d - c) / (b - a)
 
 
-def lwf_lambda(batch_sizes: Sequence[int], map_from: Sequence[float], map_to: Sequence[float]) -> float:
-    """λ_i of eq. 5 for the last batch of ``batch_sizes`` = (n_1, ..., n_i); clipped to [0, 1]."""
-    if len(batch_sizes) <= 1:
-        return 0.0
-    x = 1.0 - batch_sizes[-1] / sum(batch_sizes)
-    return float(min(max(linear_map(x, map_from, map_to), 0.0), 1.0))
+def lwf_lambda(batch_sizes_T: jax.Array, index: jax.Array, map_from, map_to) -> jax.Array:
+    """λ_i of eq. 5 for batch ``index`` (0-based) given n_1..n_T (``batch_sizes``, zeros after
+    ``index``); λ_1 = 0, and λ_i is clipped to [0, 1]."""
+    sizes = jnp.asarray(batch_sizes_T, jnp.float32)
+    seen = jnp.sum(jnp.where(jnp.arange(sizes.shape[0]) <= index, sizes, 0.0))  # Σ_{j≤i} n_j
+    x = 1.0 - sizes[index] / jnp.maximum(seen, 1.0)
+    lam = jnp.clip(linear_map(x, map_from, map_to), 0.0, 1.0)
+    return jnp.where(index == 0, 0.0, lam).astype(jnp.float32)
 
 
 def lwf_loss(logits_BxC: jax.Array, batch: Data, strategy_state: dict[str, jax.Array]) -> jax.Array:
@@ -54,33 +65,31 @@ def lwf_loss(logits_BxC: jax.Array, batch: Data, strategy_state: dict[str, jax.A
     return optax.softmax_cross_entropy(logits_BxC, targets)
 
 
-@functools.partial(jax.jit, static_argnames=("apply_fn", "chunk"))
 def soft_targets(apply_fn, params, x: jax.Array, logit_mask_C: jax.Array, chunk: int = SOFT_TARGET_CHUNK) -> jax.Array:
     """ŷ_lwf = softmax over the training head of the current network, for every row of ``x``."""
-    n = x.shape[0]
-    chunk = min(chunk, n)
-    padded = -(-n // chunk) * chunk
-    x = jnp.concatenate([x, jnp.zeros((padded - n,) + x.shape[1:], x.dtype)])
-
-    def one_chunk(x_chunk):
-        return jax.nn.softmax(mask_logits(apply_fn(params, x_chunk, train=False), logit_mask_C), axis=-1)
-
-    probs = jax.lax.map(one_chunk, x.reshape((-1, chunk) + x.shape[1:]))
-    return probs.reshape((padded, -1))[:n]
+    return chunked_map(
+        lambda x_chunk: jax.nn.softmax(mask_logits(apply_fn(params, x_chunk, train=False), logit_mask_C), axis=-1),
+        chunk,
+        x,
+    )
 
 
-def lwf(hparams) -> Strategy:
-    map_from, map_to = tuple(hparams.map_from), tuple(hparams.map_to)
+def init(params) -> dict[str, jax.Array]:
+    del params
+    return {"lambda": jnp.zeros((), jnp.float32)}
 
-    def init(params):
-        del params
-        return {"lambda": jnp.zeros((), jnp.float32)}
 
-    def before_batch(state: TrainState, ctx: BatchContext) -> tuple[TrainState, Data]:
-        # Soft targets for every (padded) row, B_1 included, so the data keeps one structure.
-        targets = soft_targets(ctx.apply_fn, state.params, ctx.data["x"], ctx.logit_mask)
-        lam = jnp.asarray(lwf_lambda(ctx.batch_sizes, map_from, map_to), jnp.float32)
-        state = state._replace(strategy_state={**state.strategy_state, "lambda": lam})
-        return state, {**ctx.data, SOFT_TARGETS: targets}
+def before_batch(state: TrainState, ctx: BatchContext) -> tuple[TrainState, Data]:
+    # Soft targets for every (padded) row, B_1 included, so the data keeps one structure.
+    targets = soft_targets(ctx.apply_fn, state.params, ctx.data["x"], ctx.logit_mask)
+    lam = lwf_lambda(ctx.batch_sizes, ctx.index, ctx.hparams["map_from"], ctx.hparams["map_to"])
+    state = state._replace(strategy_state={**state.strategy_state, "lambda": lam})
+    return state, {SOFT_TARGETS: targets}
 
+
+def lwf(hparams: Mapping[str, Any] | None = None) -> Strategy:
+    del hparams  # map_from and map_to are traced: they arrive in ctx.hparams
     return Strategy(name="lwf", init=init, before_batch=before_batch, loss=lwf_loss, default_head="expanding")
+
+
+SPEC = StrategySpec(lwf, HPARAMS, doc="Learning without Forgetting (sec. 2.1, eq. 3-5)")

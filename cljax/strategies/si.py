@@ -2,17 +2,20 @@
 
 During training on B_i the path tracker (``transforms.si_path_tracker``, last in
 the chain) accumulates, per weight, Σ −g_k·Δθ_k over every optimizer step, g the
-task-loss gradient and Δθ the applied update (eq. 9, sign as in PAPER_NOTES).
+task-loss gradient and Δθ the applied update (eq. 9; the minus sign makes the
+importance non-negative for SGD, which the paper's eq. 9 drops).
 After B_i: F^i_k = path_k / (T_k² + ξ), T_k the total move of θ_k during B_i
-(eq. 10), clipped at zero (with the penalty active −g·Δθ can turn negative;
-PAPER_NOTES); F = F + w_i·F^i, F̂ = clip(F, max_F) (eq. 11), with w_1 = ``w_first``
+(eq. 10), clipped at zero (with the penalty active −g·Δθ can turn negative);
+F = F + w_i·F^i, F̂ = clip(F, max_F) (eq. 11), with w_1 = ``w_first``
 and w_i = ``w_rest`` for i > 1; Θ* = the current weights. The penalty is EWC's
 (eq. 6-7, ``transforms.quadratic_anchor_penalty``). Before every batch the
 tracker's path is zeroed and its start point set to the current weights.
+Every numeric hyperparameter is traced (``ctx.hparams``): a grid over them is one program.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -21,42 +24,38 @@ import optax
 
 from cljax import transforms
 from cljax.engine import Params, TrainState
-from cljax.strategies.base import BatchContext, Data, Strategy
-from cljax.strategies.ewc import warn_if_unstable
+from cljax.hparams import non_negative, positive
+from cljax.strategies.base import BatchContext, Data, Strategy, StrategySpec
+from cljax.strategies.penalty import si_after_batch, start_si_batch, warn_if_unstable
+
+HPARAMS = {
+    "strength": positive(2e5, "λ of the penalty (eq. 7); 1/(η·max_F) is the largest stable value"),
+    "max_f": positive(1e-3, "max_F, the clip of F̂ (eq. 11; Tables 4-5: 0.001)"),
+    "xi": positive(1e-3, "ξ, the damping of eq. 10"),
+    "w_first": non_negative(1e-4, "w_1 of eq. 11: small, B_1's trajectories start from the initialisation"),
+    "w_rest": non_negative(1e-3, "w_i of eq. 11, i > 1"),
+}
+TRAINING = {"lr": 0.005}  # B_i>1 learning rate
 
 
-@jax.jit
-def si_consolidate(importance: Params, batch_importance: Params, weight, max_f) -> tuple[Params, Params]:
-    """Eq. 11: F = F + w_i·F^i; F̂ = clip(F, max_F). Returns (F, F̂); masked leaves stay masked."""
-    importance = transforms.map_unmasked(lambda f, fi: (f + weight * fi).astype(f.dtype), importance, batch_importance)
-    f_hat = transforms.map_unmasked(lambda f: jnp.minimum(f, max_f).astype(f.dtype), importance)
-    return importance, f_hat
-
-
-def si(hparams) -> Strategy:
-    strength, max_f, xi = float(hparams.strength), float(hparams.max_f), float(hparams.xi)
-    w_first, w_rest = float(hparams.w_first), float(hparams.w_rest)
-    warn_if_unstable(float(hparams.lr), strength, max_f, "si")
+def si(hparams: Mapping[str, Any] | None = None) -> Strategy:
+    del hparams  # every SI hyperparameter is traced: they arrive in ctx.hparams
 
     def transform(base_tx: optax.GradientTransformation) -> optax.GradientTransformation:
-        return optax.chain(transforms.quadratic_anchor_penalty(strength), base_tx, transforms.si_path_tracker())
+        return optax.chain(transforms.anchor_penalty_in_state(), base_tx, transforms.si_path_tracker())
 
     def init(params: Params) -> dict[str, Any]:
         return {"importance": jax.tree.map(jnp.zeros_like, params)}
 
     def before_batch(state: TrainState, ctx: BatchContext) -> tuple[TrainState, Data]:
-        return state._replace(opt_state=transforms.reset_si_path(state.opt_state, state.params)), ctx.data
+        return start_si_batch(state, ctx), {}
 
     def after_batch(state: TrainState, ctx: BatchContext) -> TrainState:
-        tracker = transforms.si_path_state(state.opt_state)
-        batch_importance = transforms.si_batch_importance(tracker, state.params, xi)
-        weight = w_first if ctx.index == 0 else w_rest
-        importance, f_hat = si_consolidate(state.strategy_state["importance"], batch_importance, weight, max_f)
-        opt_state = transforms.replace_anchor_state(state.opt_state, anchor=state.params, importance=f_hat)
+        importance, opt_state = si_after_batch(state, ctx, state.strategy_state["importance"])  # eq. 10-11
         return TrainState(state.params, opt_state, {**state.strategy_state, "importance": importance})
 
     def importance(state: TrainState) -> dict[str, Any]:
-        return transforms.importance_report(state.strategy_state["importance"], state.opt_state, max_f)
+        return transforms.importance_report(state.strategy_state["importance"], state.opt_state)
 
     return Strategy(
         name="si",
@@ -66,3 +65,8 @@ def si(hparams) -> Strategy:
         after_batch=after_batch,
         importance=importance,
     )
+
+
+SPEC = StrategySpec(
+    si, HPARAMS, TRAINING, doc="Synaptic Intelligence (sec. 2.3, eq. 9-11)", check=lambda v: warn_if_unstable(v, "si")
+)

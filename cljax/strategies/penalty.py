@@ -1,0 +1,62 @@
+"""Pieces shared by the strategies with the quadratic anchor penalty (EWC, SI, AR1; eq. 6-7, 10-11)."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from cljax import transforms
+from cljax.engine import Params, TrainState
+from cljax.strategies.base import BatchContext
+
+
+def warn_if_unstable(values: Mapping[str, Any], name: str) -> None:
+    """Warns when η·λ·max_F > 1 (η the B_i>1 learning rate): the pull toward Θ* can overshoot
+    (eq. 7). Table 4's own EWC values give about 1.2, so this is a warning, not an error."""
+    lr, strength, max_f = float(values["lr"]), float(values["strength"]), float(values["max_f"])
+    product = lr * strength * max_f
+    if product > 1.0:
+        warnings.warn(
+            f"{name}: learning rate η={lr:g} · strength λ={strength:g} · max_f={max_f:g} = {product:.3g} > 1; "
+            "the penalty step can overshoot the anchor (eq. 7)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+
+def set_strength(state: TrainState, ctx: BatchContext) -> TrainState:
+    """Writes this run's λ (a traced hyperparameter) into the penalty's state."""
+    return state._replace(opt_state=transforms.set_hyperparams(state.opt_state, strength=ctx.hparams["strength"]))
+
+
+def si_batch_weight(ctx: BatchContext) -> jax.Array:
+    """w_1 for B_1, w_i after (eq. 11)."""
+    return jnp.where(ctx.index == 0, ctx.hparams["w_first"], ctx.hparams["w_rest"])
+
+
+@jax.jit
+def si_consolidate(importance: Params, batch_importance: Params, weight, max_f) -> tuple[Params, Params]:
+    """Eq. 11: F = F + w_i·F^i; F̂ = clip(F, max_F). Returns (F, F̂); masked leaves stay masked."""
+    importance = transforms.map_unmasked(lambda f, fi: (f + weight * fi).astype(f.dtype), importance, batch_importance)
+    f_hat = transforms.map_unmasked(lambda f: jnp.minimum(f, max_f).astype(f.dtype), importance)
+    return importance, f_hat
+
+
+def si_after_batch(state: TrainState, ctx: BatchContext, importance: Params) -> tuple[Params, Any]:
+    """SI's end of batch (eq. 10-11), on whatever the tracker covers: returns the new raw
+    importance F and the optimizer state with Θ* = the current weights and F̂ in the penalty."""
+    tracker = transforms.si_path_state(state.opt_state)
+    batch_importance = transforms.si_batch_importance(tracker, state.params, ctx.hparams["xi"])  # eq. 10
+    importance, f_hat = si_consolidate(importance, batch_importance, si_batch_weight(ctx), ctx.hparams["max_f"])
+    opt_state = transforms.replace_anchor_state(state.opt_state, anchor=state.params, importance=f_hat)
+    return importance, opt_state
+
+
+def start_si_batch(state: TrainState, ctx: BatchContext) -> TrainState:
+    """Before B_i: zero the SI path, start it at the current weights, and set λ."""
+    state = state._replace(opt_state=transforms.reset_si_path(state.opt_state, state.params))
+    return set_strength(state, ctx)
