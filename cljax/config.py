@@ -241,10 +241,10 @@ def validate(config) -> None:
         )
     for name in names:
         for point in strategy_grid(config, name, axes):
-            _validate_strategy(config, name, point)
+            validate_point(config, name, point)
 
 
-def _validate_strategy(config, name: str, point: Mapping[str, Any]) -> None:
+def validate_point(config, name: str, point: Mapping[str, Any]) -> None:
     """One strategy's merged values at one grid point: training fields, then its own hyperparameters
     (each checked by its declaration), then the strategy's own cross-field check."""
     from cljax.strategies import strategy_spec

@@ -26,7 +26,7 @@ import numpy as np
 
 from cljax import checkpoint, diagnostics, engine, metrics, monitor, stream
 from cljax import grid as grid_lib
-from cljax.config import ConfigError, strategy_grid, strategy_hparams, strategy_names, validate
+from cljax.config import ConfigError, strategy_grid, strategy_hparams, strategy_names, validate, validate_point
 from cljax.files import write_json_atomic  # noqa: F401  (re-exported: the results writer)
 from cljax.models import build_model
 from cljax.models.pretrained import merge_pretrained, restore_params
@@ -155,9 +155,23 @@ class StrategyJob:
     layers: list[str]
 
     @classmethod
-    def build(cls, config, name: str, dataset: Dataset, progress: monitor.ProgressDisplay | None = None) -> StrategyJob:
+    def build(
+        cls,
+        config,
+        name: str,
+        dataset: Dataset,
+        progress: monitor.ProgressDisplay | None = None,
+        points: list[dict[str, Any]] | None = None,
+    ) -> StrategyJob:
+        """The job of strategy ``name``: its grid points are the config's grid, or ``points`` (a list of
+        {field: value} of traced fields, e.g. values that are not a product of axes)."""
         spec = strategy_spec(name)
-        points = strategy_grid(config, name)
+        if points is None:
+            points = strategy_grid(config, name)
+        else:
+            points = [dict(p) for p in points]
+            for point in points:
+                validate_point(config, name, point)
         merged = [strategy_hparams(config, name, point) for point in points]
         static = {k: merged[0][k] for k in spec.static_hparams(merged[0])}
         strategy = make_strategy(name, static)
@@ -410,10 +424,18 @@ def start_chunk(job: StrategyJob, chunk: Chunk, scenarios: list[Scenario]) -> Ch
 def run_stream(job: StrategyJob, dataset: Dataset, runs: list[int], point: int = 0, **kwargs) -> list[dict]:
     """The records of ``runs`` at grid point ``point`` (one chunk, no checkpoints): the library's
     way to run a strategy without a workdir."""
-    chunk = Chunk(tuple(runs), (point,))
+    return [row[0] for row in run_members(job, dataset, runs, [point], **kwargs)]
+
+
+def run_members(
+    job: StrategyJob, dataset: Dataset, runs: list[int], points: list[int] | None = None, **kwargs
+) -> list[list[dict]]:
+    """The records [run][point] of ``runs`` x ``points`` (default: every grid point) trained together
+    as one chunk, without a workdir or checkpoints."""
+    points = list(range(len(job.points))) if points is None else points
+    chunk = Chunk(tuple(runs), tuple(points))
     scenarios = [build_scenario(job.config, r, dataset) for r in runs]
-    final = train_chunk(job, chunk, scenarios, start_chunk(job, chunk, scenarios), **kwargs)
-    return [final.records[r][0] for r in range(len(runs))]
+    return train_chunk(job, chunk, scenarios, start_chunk(job, chunk, scenarios), **kwargs).records
 
 
 def print_progress(event: dict) -> None:

@@ -19,8 +19,8 @@ Reads ``results.json`` and the per-batch diagnostics beside it
   over the complete runs, with the fraction of F̂ saturated at max_F (Fig. 4-5);
 - ``compare.png`` (with ``--compare``): accuracy on each batch's classes after
   the last batch and their average, for the two workdirs (Fig. 3: MT vs SIT);
-- ``report.md``: the results table (from results.json), per-run values, the
-  configuration, and the pictures.
+- ``report.md``: the results table (from results.json), a table per hyper-grid (best final
+  accuracy in bold), per-run values, the configuration, and the pictures.
 
 Pictures are drawn with matplotlib's object-oriented API on the Agg canvas
 (no pyplot, no global backend switch) and written atomically.
@@ -343,6 +343,39 @@ def per_run_table(results: dict) -> list[str]:
     return lines
 
 
+def grid_tables(results: dict) -> list[str]:
+    """One table per strategy with a hyper-grid: a row per grid point, a column per gridded field."""
+    grids: dict[str, list[tuple[str, dict]]] = {}
+    for name, entry in results["strategies"].items():
+        if entry.get("hparams"):
+            grids.setdefault(entry["strategy"], []).append((name, entry))
+    lines = []
+    for strategy, points in grids.items():
+        fields = list(points[0][1]["hparams"])
+        lines += [
+            f"### Grid: {strategy}",
+            "",
+            "| " + " | ".join(fields) + " | complete runs | " + " | ".join(label for _, label in TABLE_METRICS) + " |",
+            "|" + "---|" * (len(fields) + 1 + len(TABLE_METRICS)),
+        ]
+        best = max(
+            (e for _, e in points if summary_of(e)), key=lambda e: summary_of(e)["final_accuracy_mean"], default=None
+        )
+        for _, entry in points:
+            values = " | ".join(f"{entry['hparams'][f]:g}" for f in fields)
+            s = summary_of(entry)
+            done = f"{len(complete_runs(entry))}/{len(entry.get('runs', []))}"
+            if s is None:
+                lines.append(f"| {values} | {done} |" + " – |" * len(TABLE_METRICS))
+                continue
+            cells = [fmt(s[f"{key}_mean"], s[f"{key}_std"]) for key, _ in TABLE_METRICS]
+            if entry is best:
+                cells[0] = f"**{cells[0]}**"
+            lines.append(f"| {values} | {done} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
 def diverged_lines(results: dict) -> list[str]:
     lines = []
     for name, entry in results["strategies"].items():
@@ -384,6 +417,7 @@ def markdown(results: dict, workdir: str, pictures: list[tuple[str, str, str]], 
         "",
         *results_table(results),
         "",
+        *grid_tables(results),
         "### Per run",
         "",
         *per_run_table(results),

@@ -6,7 +6,8 @@
 - ``train_batch(states, inputs, hparams, alive) -> (states, BatchMetrics)``: batch B_i for every
   member: the strategy's ``before_batch``, the learning rate of B_1 or B_i>1, the fit (all epochs
   and mini-batches), ``after_batch``, the divergence check and the section-5 diagnostics (weight
-  change per layer, importance histograms), in one compiled program;
+  change per layer, importance histograms), in a few compiled programs (``begin``, the fit's
+  segments, ``end``) and no per-step host round trip;
 - ``evaluate(states, test) -> confusion matrices`` [R, G, C, C], computed on the device.
 
 Members are the runs (leading axis R: each its own class order, training arrays, number of real
@@ -148,11 +149,9 @@ class StreamProgram:
         head_fit = engine.make_member_fit(apply_head, self.tx, self.strategy.loss, self.batch_size, **options)
         object.__setattr__(self, "_fit", fit)
         object.__setattr__(self, "_head_fit", head_fit)
-        donate = (0,) if jax.default_backend() != "cpu" else ()  # XLA:CPU does not donate buffers
         traced = functools.partial(engine.limit_traces, n=self.max_traces)
         object.__setattr__(self, "_init", jax.jit(traced(self._init_members), static_argnames="num_points"))
         object.__setattr__(self, "_evaluate", jax.jit(traced(self._evaluate_members)))
-        object.__setattr__(self, "_train", jax.jit(traced(self._train_device), donate_argnums=donate))
         object.__setattr__(self, "_begin_jit", jax.jit(traced(self._begin)))
         object.__setattr__(self, "_features_jit", jax.jit(traced(self._cached_features)))
         object.__setattr__(self, "_end_jit", jax.jit(traced(self._end)))
@@ -168,7 +167,9 @@ class StreamProgram:
 
     def init(self, run_keys: jax.Array, num_points: int = 1) -> TrainState:
         """Every member's initial state, [R, G]: run r's weights from ``run_keys[r]``."""
-        params = jax.vmap(lambda k: initial_params(self.model, self.input_shape, k))(run_keys)
+        # One call per run of one compiled init (shared by every strategy and the feature probe).
+        per_run = [initial_params(self.model, self.input_shape, key) for key in run_keys]
+        params = jax.tree.map(lambda *leaves: jnp.stack(leaves), *per_run)
         if self.pretrained is not None:  # config.init_checkpoint; a head of another size stays fresh
             from cljax.models.pretrained import merge_pretrained
 
@@ -237,17 +238,6 @@ class StreamProgram:
             states.params, x
         )
 
-    def _full_fit(self, states, extras, inputs, hparams):
-        num_runs = inputs.num_examples.shape[0]
-        return self._fit(states, inputs.data, extras, *self._fit_args(inputs, hparams, num_runs))
-
-    def _frozen_fit(self, states, extras, inputs, hparams):
-        """The head on cached features; the body's updates are zero either way (freeze_body)."""
-        num_runs = inputs.num_examples.shape[0]
-        feats = self._cached_features(states, inputs.data["x"])
-        run_data = {k: v for k, v in inputs.data.items() if k != "x"}
-        return self._head_fit(states, run_data, {**extras, "x": feats}, *self._fit_args(inputs, hparams, num_runs))
-
     def _end(self, states, before, eval_before, fit_metrics, inputs: BatchInputs, hparams, alive):
         """``after_batch``, the divergence check and the diagnostics; a member that diverged (or was
         dead already) keeps its state from before the batch."""
@@ -292,23 +282,10 @@ class StreamProgram:
             diagnostics.saturated_share(report["F_hat"], max_f),
         )
 
-    def _uses_cached_features(self, states: TrainState) -> jax.Array | None:
-        """True (array) when every member's body is frozen and cached features give the same fit."""
+    def _uses_cached_features(self, states: TrainState) -> bool:
+        """Whether every member's body is frozen and cached features give the same fit."""
         frozen = transforms.frozen_body(states.opt_state)
-        if frozen is None or not self.feature_cache:
-            return None
-        return jnp.all(frozen)
-
-    def _train_device(self, states, inputs, hparams, alive):
-        started, extras, eval_before = self._begin(states, inputs, hparams)
-        use_cache = self._uses_cached_features(started)
-        if use_cache is None:
-            fitted, fit_metrics = self._full_fit(started, extras, inputs, hparams)
-        else:  # members share the batch index, so the branch is one for the whole stack
-            fitted, fit_metrics = jax.lax.cond(
-                use_cache, self._frozen_fit, self._full_fit, started, extras, inputs, hparams
-            )
-        return self._end(fitted, states, eval_before, fit_metrics, inputs, hparams, alive)
+        return frozen is not None and self.feature_cache and bool(jnp.all(frozen))
 
     def train_batch(
         self, states: TrainState, inputs: BatchInputs, hparams: Mapping[str, jax.Array], alive: jax.Array
@@ -317,25 +294,26 @@ class StreamProgram:
         earlier) keep their state. ``hparams`` holds [G] arrays: ``lr_first``, ``lr``,
         ``epochs_first``, ``epochs`` and the strategy's traced hyperparameters.
 
-        With the step loop on the device this is one compiled program; with it on the host, the
-        composition ``end(fit(begin(...)))`` of the stages below (same numbers)."""
-        if self.loop == "device":
-            return self._train(states, inputs, hparams, alive)
+        The composition ``end(fit(begin(...)))`` of the stages below, each a compiled program
+        (the fit a few of them, so that the host can show progress between them)."""
         started, extras, eval_before = self.begin(states, inputs, hparams)
         fitted, fit_metrics = self.fit(started, extras, inputs, hparams)
         return self.end(fitted, states, eval_before, fit_metrics, inputs, hparams, alive)
 
-    # The stages of ``train_batch``, for the host step loop and for looking inside a batch.
+    # The stages of ``train_batch``, for looking inside a batch.
 
     def begin(self, states: TrainState, inputs: BatchInputs, hparams: Mapping[str, jax.Array]):
         """``before_batch`` and the learning rate: (states, extras, evaluated params before the batch)."""
         return self._begin_jit(states, inputs, hparams)
 
     def fit(self, states: TrainState, extras, inputs: BatchInputs, hparams: Mapping[str, jax.Array]):
-        """All epochs and mini-batches of the batch: (states, ``engine.FitMetrics``) [R, G]."""
-        use_cache = self._uses_cached_features(states)
+        """All epochs and mini-batches of the batch: (states, ``engine.FitMetrics``) [R, G].
+
+        When every member's body is frozen (``transforms.freeze_body``: CWR, CWR+ after B_1) and
+        ``feature_cache`` allows it, the head trains on penultimate features computed once; the
+        body's updates are zero either way, so the result is that of the full fit."""
         fit_args = self._fit_args(inputs, hparams, inputs.num_examples.shape[0])
-        if use_cache is not None and bool(use_cache):
+        if self._uses_cached_features(states):
             feats = self._features_jit(states, inputs.data["x"])
             run_data = {k: v for k, v in inputs.data.items() if k != "x"}
             return self._head_fit(states, run_data, {**extras, "x": feats}, *fit_args)

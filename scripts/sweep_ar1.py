@@ -4,7 +4,8 @@ python scripts/sweep_ar1.py --config=configs/default.py --strengths=1e-6,5e3,1.5
 python scripts/sweep_ar1.py --config=configs/fashion_mnist.py --strengths=1e-6,5e4,5e5 --w_rest=2e-2 --config.num_runs=1
 
 Every grid point runs AR1 with the config's ``ar1`` section (``--config.ar1.<field>=...`` overrides
-it; w_1 follows w_i unless ``--w_first`` is given) on the config's runs (class orders), and prints
+it; w_1 follows w_i unless ``--w_first`` is given); all points and runs train together in one
+vmapped program (a hyper-grid) on the config's runs (class orders), and prints
 one Markdown row: final accuracy mean ± std, average accuracy, forgetting, η·λ·max_F (stability
 needs ≤ 1, eq. 7) and the fraction of Θ̄'s F̂ saturated at max_F after the last batch (too many
 saturated weights freeze Θ̄, sec. 2.3). A tiny λ (1e-6; validation wants λ > 0) is the ablation
@@ -13,13 +14,11 @@ saturated weights freeze Θ̄, sec. 2.3). A tiny λ (1e-6; validation wants λ >
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 import warnings
 from pathlib import Path
 
-import jax
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
@@ -28,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cljax import metrics  # noqa: E402
 from cljax.config import strategy_hparams, validate  # noqa: E402
-from cljax.experiment import Trainer  # noqa: E402
-from cljax.scenarios import build_scenario, load_dataset  # noqa: E402
+from cljax.experiment import StrategyJob, run_members  # noqa: E402
+from cljax.scenarios import load_dataset  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Experiment config file.", lock_config=False)
 _STRENGTHS = flags.DEFINE_string("strengths", "1e-6,5e3,1.5e4,5e4,1.5e5", "AR1 λ values.")
@@ -42,33 +41,24 @@ def floats(text: str) -> list[float]:
     return [float(v) for v in text.split(",") if v.strip()]
 
 
-def run_point(config, name: str, dataset) -> dict:
-    """All runs of one strategy; returns the summary plus F̂ saturation (AR1) after the last batch."""
-    validate(config)
-    trainer = Trainer.build(config, name, dataset)
-    strategy = trainer.strategy
-    saturated: list[float] = []  # per run, after its last batch
-    latest: dict[str, float] = {}
-
-    def after_batch(state, ctx):
-        state = strategy.after_batch(state, ctx)
-        if strategy.importance is not None:
-            report = strategy.importance(state)
-            f_hat = np.concatenate([np.ravel(leaf) for leaf in jax.tree.leaves(report["F_hat"])])
-            latest["saturated"] = float(np.mean(f_hat >= report["max_f"]))
-        return state
-
-    trainer = dataclasses.replace(trainer, strategy=dataclasses.replace(strategy, after_batch=after_batch))
-    runs = []
-    for run in range(config.num_runs):
-        scenario = build_scenario(config, run, dataset)
-        key = jax.random.fold_in(jax.random.key(config.seed), run)
-        runs.append(trainer.run_stream(scenario, run, key))
-        if "saturated" in latest and runs[-1]["diverged"] is None:
-            saturated.append(latest["saturated"])
-    complete = [r for r in runs if r["diverged"] is None]
+def summarize_point(records: list[dict]) -> dict:
+    """Summary over the runs of one point, with F̂'s saturated fraction after each run's last batch."""
+    complete = [r for r in records if r["diverged"] is None]
     summary = metrics.summarize(complete) if complete else {}
-    return {**summary, "diverged_runs": len(runs) - len(complete), "saturated": saturated}
+    saturated = [
+        r["diagnostics"]["importance_saturated"][-1]
+        for r in complete
+        if "importance_saturated" in r.get("diagnostics", {})
+    ]
+    return {**summary, "diverged_runs": len(records) - len(complete), "saturated": saturated}
+
+
+def run_points(config, name: str, dataset, points: list[dict]) -> list[dict]:
+    """One summary per point: every point and run trained together (a hyper-grid, cljax/grid.py)."""
+    validate(config)
+    job = StrategyJob.build(config, name, dataset, points=points)
+    records = run_members(job, dataset, list(range(config.num_runs)))  # [run][point]
+    return [summarize_point([row[p] for row in records]) for p in range(len(points))]
 
 
 def main(argv: list[str]) -> None:
@@ -98,25 +88,17 @@ def main(argv: list[str]) -> None:
         )
 
     config.strategies = "cwr_plus"
-    emit({"strategy": "cwr_plus", "summary": run_point(config, "cwr_plus", dataset)})
+    emit({"strategy": "cwr_plus", "summary": run_points(config, "cwr_plus", dataset, [{}])[0]})
     config.strategies = "ar1"
-    for w_rest in floats(_W_REST.value):
-        for w_first in floats(_W_FIRST.value) or [w_rest]:
-            for strength in floats(_STRENGTHS.value):
-                config.ar1.update(strength=strength, w_first=w_first, w_rest=w_rest)
-                hp = strategy_hparams(config, "ar1")
-                stability = round(hp.lr * strength * hp.max_f, 3)
-                summary = run_point(config, "ar1", dataset)
-                emit(
-                    {
-                        "strategy": "ar1",
-                        "strength": strength,
-                        "w_first": w_first,
-                        "w_rest": w_rest,
-                        "stability": stability,
-                        "summary": summary,
-                    }
-                )
+    points = [
+        {"strength": strength, "w_first": w_first, "w_rest": w_rest}
+        for w_rest in floats(_W_REST.value)
+        for w_first in floats(_W_FIRST.value) or [w_rest]
+        for strength in floats(_STRENGTHS.value)
+    ]
+    for point, summary in zip(points, run_points(config, "ar1", dataset, points), strict=True):
+        hp = strategy_hparams(config, "ar1", point)
+        emit({"strategy": "ar1", **point, "stability": round(hp.lr * hp.strength * hp.max_f, 3), "summary": summary})
     if _JSON.value:
         Path(_JSON.value).write_text(json.dumps({"config": config.to_dict(), "rows": rows}, indent=1))
 

@@ -1,7 +1,8 @@
 """Strength sweep for LwF, EWC and SI, tuned on run 0 as the paper did (App. C-D), then frozen.
 
 For each strategy, every point of its grid trains run 0 of the stream (natural class
-order) and records the final accuracy; the best point is then run on all
+order), all points together in one vmapped program (a hyper-grid; the points are given
+explicitly since λ is tied to η and max_F), and records the final accuracy; the best point is then run on all
 ``num_runs`` runs next to Naive, with the values frozen. The grids follow the
 paper's knobs: LwF's ``map`` target interval; EWC's λ and max_F and the learning
 rate of B_i>1 (Table 4: λ set near 1/(η·max_F)); SI's λ, max_F, w_1, w_i and the
@@ -23,7 +24,6 @@ import sys
 import warnings
 from typing import Any
 
-import jax
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
@@ -31,8 +31,8 @@ from ml_collections import config_flags
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from cljax import metrics  # noqa: E402
-from cljax.experiment import Trainer, prepare, write_json_atomic  # noqa: E402
-from cljax.scenarios import build_scenario  # noqa: E402
+from cljax.config import strategy_hparams  # noqa: E402
+from cljax.experiment import StrategyJob, prepare, run_members, write_json_atomic  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Experiment config file.", lock_config=False)
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/sweep_regularization", "Where sweep.json goes.")
@@ -87,25 +87,19 @@ GRIDS = {"digits": DIGITS_GRIDS, "fashion_mnist": FASHION_MNIST_GRIDS}
 TRAINING_POINT_FIELDS = ("lr", "epochs", "lr_first", "epochs_first")  # also given to the Naive control
 
 
-def apply_point(config, name: str, point: dict[str, Any]) -> None:
-    """Writes a grid point into the strategy's section (k becomes the strength λ)."""
-    section = config[name]
-    for field, value in point.items():
-        if field != "k":
-            section[field] = value
+def traced_point(config, name: str, point: dict[str, Any]) -> dict[str, Any]:
+    """A sweep point as the values a job trains with (k becomes the strength λ = k/(η·max_F))."""
+    values = {field: value for field, value in point.items() if field != "k"}
     if "k" in point:
-        lr = section.lr if section.lr is not None else config.lr
-        section.strength = float(point["k"] / (lr * section.max_f))
+        hp = strategy_hparams(config, name, values)
+        values["strength"] = float(point["k"] / (hp.lr * hp.max_f))
+    return values
 
 
-def run_streams(config, name: str, dataset, runs) -> list[dict]:
-    trainer = Trainer.build(config, name, dataset)
-    records = []
-    for run in runs:
-        scenario = build_scenario(config, run, dataset)
-        key = jax.random.fold_in(jax.random.key(config.seed), run)
-        records.append(trainer.run_stream(scenario, run, key))
-    return records
+def run_points(config, name: str, dataset, points: list[dict[str, Any]], runs) -> list[list[dict]]:
+    """Records [run][point]: every point and run in one vmapped program (a hyper-grid, cljax/grid.py)."""
+    job = StrategyJob.build(config, name, dataset, points=[traced_point(config, name, p) for p in points])
+    return run_members(job, dataset, list(runs))
 
 
 def final_accuracy(record: dict) -> float:
@@ -141,10 +135,11 @@ def main(argv: list[str]) -> None:
     del argv
     warnings.simplefilter("ignore", RuntimeWarning)  # k > 1 points warn by design
     base = _CONFIG.value
+    os.makedirs(_WORKDIR.value, exist_ok=True)
     dataset, _ = prepare(base)
     names = [n.strip() for n in _STRATEGIES.value.split(",") if n.strip()]
     report: dict[str, Any] = {"config": base.to_dict(), "sweeps": {}, "confirmed": {}}
-    naive = run_streams(base, "naive", dataset, [0])[0]
+    naive = run_points(base, "naive", dataset, [{}], [0])[0][0]
     print(f"naive run 0: final accuracy {final_accuracy(naive):.3f}", flush=True)
     report["naive_run0"] = final_accuracy(naive)
     path = os.path.join(_WORKDIR.value, "sweep.json")
@@ -153,12 +148,9 @@ def main(argv: list[str]) -> None:
         grid = {
             field: [tuple(v) if isinstance(v, list) else v for v in values] for field, values in grids[name].items()
         }
+        grid_points = [dict(zip(grid.keys(), values, strict=True)) for values in itertools.product(*grid.values())]
         points = []
-        for values in itertools.product(*grid.values()):
-            point = dict(zip(grid.keys(), values, strict=True))
-            config = base.copy_and_resolve_references()
-            apply_point(config, name, point)
-            record = run_streams(config, name, dataset, [0])[0]
+        for point, record in zip(grid_points, run_points(base, name, dataset, grid_points, [0])[0], strict=True):
             acc = final_accuracy(record)
             points.append({"point": point, "final_accuracy": acc, "accuracy": record["accuracy"]})
             print(f"{name} {point}: final {acc:.3f} per batch {np.round(record['accuracy'], 3).tolist()}", flush=True)
@@ -166,24 +158,22 @@ def main(argv: list[str]) -> None:
         report["sweeps"][name] = {"points": points, "best": best}
         print(f"{name} best on run 0: {best['point']} -> {best['final_accuracy']:.3f}", flush=True)
         if _CONFIRM.value:
-            config = base.copy_and_resolve_references()
-            apply_point(config, name, best["point"])
-            records = run_streams(config, name, dataset, range(config.num_runs))
+            runs = range(base.num_runs)
+            records = [row[0] for row in run_points(base, name, dataset, [best["point"]], runs)]
             complete = [r for r in records if r["diverged"] is None]
             summary = metrics.summarize(complete) if complete else None
             # Control: Naive with the same training fields (learning rate, epochs) on the same runs.
-            control_config = base.copy_and_resolve_references()
-            apply_point(control_config, "naive", {k: v for k, v in best["point"].items() if k in TRAINING_POINT_FIELDS})
-            control = metrics.summarize(run_streams(control_config, "naive", dataset, range(config.num_runs)))
+            training = {k: v for k, v in best["point"].items() if k in TRAINING_POINT_FIELDS}
+            control = metrics.summarize([row[0] for row in run_points(base, "naive", dataset, [training], runs)])
             report["confirmed"][name] = {
                 "naive_same_training": control,
                 "point": best["point"],
-                "strength": config[name].get("strength"),
+                "strength": traced_point(base, name, best["point"]).get("strength"),
                 **(summary or {}),
             }
             if summary:
                 print(
-                    f"{name} frozen on {len(complete)}/{config.num_runs} runs: "
+                    f"{name} frozen on {len(complete)}/{base.num_runs} runs: "
                     f"{summary['final_accuracy_mean']:.3f} ± {summary['final_accuracy_std']:.3f}; Naive with the "
                     f"same lr/epochs: {control['final_accuracy_mean']:.3f} ± {control['final_accuracy_std']:.3f}",
                     flush=True,
