@@ -24,6 +24,10 @@ from cljax import transforms
 
 Params = Any
 LossFn = Callable[[jax.Array, dict[str, jax.Array], Any], jax.Array]
+# loss_and_grad(params, minibatch, weights_B) -> (weighted mean task loss, its gradient)
+LossAndGrad = Callable[[Params, dict[str, jax.Array], jax.Array], tuple[jax.Array, Params]]
+# gradients(state, minibatch, weights_B, key, loss_and_grad) -> (loss, gradient the optimizer gets)
+GradientsFn = Callable[[Any, dict[str, jax.Array], jax.Array, jax.Array, LossAndGrad], tuple[jax.Array, Params]]
 
 # A fit calls its ``progress`` callback about this many times (plus once at the end).
 PROGRESS_UPDATES = 4
@@ -166,6 +170,7 @@ def make_member_fit(
     progress: Callable[[int, int], None] | None = None,
     loop: str = "device",
     max_traces: int | None = None,
+    gradients: GradientsFn | None = None,
 ) -> Callable[..., tuple[TrainState, FitMetrics]]:
     """Builds ``fit(states, run_data, member_data, num_examples, epochs, logit_mask, keys)``
     for a stack of members ([R, G] leading axes, see ``vmap_members``).
@@ -191,6 +196,11 @@ def make_member_fit(
     ``loop="host"``: one jitted call per mini-batch, for convolutional models on CPU (XLA:CPU runs
     convolutions inside a while loop 10-30x slower, jax-ml/jax#12868).
 
+    ``gradients(state, mini, weights, key, loss_and_grad)`` (None: ``loss_and_grad(state.params,
+    mini, weights)``) lets a strategy change a step's gradient: replay stored examples with the
+    mini-batch, or project the gradient (rehearsal, sec. 4.4); ``loss_and_grad`` is the task loss
+    and its gradient on any mini-batch (the logit mask and auxiliary losses applied as above).
+
     ``max_traces`` (tests): ``limit_traces`` on the compiled functions, which then raise if they
     are traced (compiled) more often, e.g. because a batch changed a shape or dtype.
     """
@@ -199,7 +209,7 @@ def make_member_fit(
     donate = (0,) if jax.default_backend() != "cpu" else ()  # XLA:CPU does not donate buffers
 
     def train_step(state: TrainState, mini: dict[str, jax.Array], weights_B, logit_mask, key):
-        def objective(params):
+        def objective(params, mini, weights_B):
             outputs = apply_fn(params, mini["x"], train=True, rngs={"dropout": key})
             logits, aux = split_outputs(outputs)
             # A [K, C] mask is a table of heads, one row per example via mini["mask_index"] (MT).
@@ -210,7 +220,11 @@ def make_member_fit(
                 per_example = per_example + weight * loss_fn(mask_logits(aux_logits, mask), mini, state.strategy_state)
             return jnp.sum(per_example * weights_B) / jnp.maximum(jnp.sum(weights_B), 1.0)
 
-        loss, grads = jax.value_and_grad(objective)(state.params)
+        loss_and_grad = jax.value_and_grad(objective)
+        if gradients is None:
+            loss, grads = loss_and_grad(state.params, mini, weights_B)
+        else:
+            loss, grads = gradients(state, mini, weights_B, jax.random.fold_in(key, 1), loss_and_grad)
         # ``task_grads``: the raw task-loss gradient, for transformations that need it
         # next to the applied update (the SI path tracker); others ignore it.
         updates, opt_state = tx.update(grads, state.opt_state, state.params, task_grads=grads)
@@ -389,9 +403,8 @@ def chunked_map(fn: Callable[..., jax.Array], chunk: int, *arrays: jax.Array) ->
     return out.reshape((padded,) + out.shape[2:])[:n]
 
 
-@functools.partial(jax.jit, static_argnames=("apply_fn", "chunk"))
-def predict(apply_fn, params: Params, x: jax.Array, mask_table_KxC, mask_index, chunk: int = 1000) -> jax.Array:
-    """Arg-max predictions, ``chunk`` examples at a time (bounded memory).
+def predictions(apply_fn, params: Params, x: jax.Array, mask_table_KxC, mask_index, chunk: int = 1000) -> jax.Array:
+    """Arg-max predictions, ``chunk`` examples at a time (bounded memory); ``predict`` is its jitted form.
 
     Example n is classified among the classes ``mask_table[mask_index[n]]``:
     one all-true row is the maximal head, the seen classes the expanding head,
@@ -403,6 +416,9 @@ def predict(apply_fn, params: Params, x: jax.Array, mask_table_KxC, mask_index, 
         return jnp.argmax(mask_logits(logits, mask_table_KxC[idx_chunk]), axis=-1)
 
     return chunked_map(one_chunk, chunk, x, mask_index)
+
+
+predict = jax.jit(predictions, static_argnames=("apply_fn", "chunk"))
 
 
 @functools.partial(jax.jit, static_argnames=("apply_fn", "chunk"))
@@ -420,9 +436,9 @@ def confusion_matrix(labels: jax.Array, preds: jax.Array, num_classes: int) -> j
     return jnp.zeros(num_classes * num_classes, jnp.int32).at[flat].add(1).reshape(num_classes, num_classes)
 
 
-@functools.partial(jax.jit, static_argnames=("apply_fn", "num_classes", "chunk"))
 def evaluate(
     apply_fn, params: Params, x: jax.Array, y: jax.Array, mask_table_KxC, mask_index, num_classes: int, chunk: int
 ) -> jax.Array:
-    """The confusion matrix of ``params`` on a test set (``predict``'s heads): [C, C] int32."""
-    return confusion_matrix(y, predict(apply_fn, params, x, mask_table_KxC, mask_index, chunk), num_classes)
+    """The confusion matrix of ``params`` on a test set (``predictions``' heads): [C, C] int32.
+    Meant to run inside a compiled program (``apply_fn`` need not be hashable)."""
+    return confusion_matrix(y, predictions(apply_fn, params, x, mask_table_KxC, mask_index, chunk), num_classes)

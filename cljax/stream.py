@@ -144,7 +144,9 @@ class StreamProgram:
     max_traces: int | None = None  # tests: fail if a program is traced (compiled) more often
 
     def __post_init__(self):
-        options = dict(progress=self.progress, loop=self.loop, max_traces=self.max_traces)
+        options = dict(
+            progress=self.progress, loop=self.loop, max_traces=self.max_traces, gradients=self.strategy.gradients
+        )
         fit = engine.make_member_fit(self.model.apply, self.tx, self.strategy.loss, self.batch_size, **options)
         head_fit = engine.make_member_fit(apply_head, self.tx, self.strategy.loss, self.batch_size, **options)
         object.__setattr__(self, "_fit", fit)
@@ -325,16 +327,22 @@ class StreamProgram:
 
     # ---- evaluation ----
 
+    def classify(self, state: TrainState, x: jax.Array, train: bool = False) -> jax.Array:
+        """One member's evaluation scores on ``x``: the strategy's ``logits`` or the evaluated params'."""
+        del train
+        if self.strategy.logits is not None:
+            return self.strategy.logits(state, x, self.model.apply)
+        return self.model.apply(self.strategy.eval_params(state), x, train=False)
+
     def _evaluate_members(self, states: TrainState, test: EvalInputs) -> jax.Array:
-        params = vmap_members(self.strategy.eval_params, (MEMBER,))(states)
         x_kind = RUN if test.x.ndim == len(self.input_shape) + 2 else None
         chunk = min(self.eval_chunk, test.y.shape[1])
 
-        def confusion(p, x, y, table, index):
-            return engine.evaluate(self.model.apply, p, x, y, table, index, self.num_classes, chunk)
+        def confusion(state, x, y, table, index):
+            return engine.evaluate(self.classify, state, x, y, table, index, self.num_classes, chunk)
 
         return vmap_members(confusion, (MEMBER, x_kind, RUN, RUN, RUN))(
-            params, test.x, test.y, test.mask_table, test.mask_index
+            states, test.x, test.y, test.mask_table, test.mask_index
         )
 
     def evaluate(self, states: TrainState, test: EvalInputs) -> jax.Array:

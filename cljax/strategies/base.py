@@ -12,7 +12,13 @@ A continual-learning strategy is fully described by
   arrays the loss reads besides ``x`` and ``y`` (LwF's soft targets), the same keys and
   shapes every batch; ``{}`` for most strategies;
 - ``loss(logits, minibatch, strategy_state)``: per-example task loss;
-- ``eval_params(state)``: the parameters evaluation uses (CWR: Θ̄ with cw);
+- ``eval_params(state)``: the parameters evaluation uses (CWR: Θ̄ with cw) and whose change
+  per batch the diagnostics report;
+- ``logits(state, x, apply_fn)`` (optional): the scores evaluation classifies with; None is
+  ``apply_fn(eval_params(state), x, train=False)`` (iCaRL: the nearest mean of exemplars);
+- ``gradients(state, minibatch, weights, key, loss_and_grad)`` (optional): the gradient of a
+  training step; None is ``loss_and_grad(state.params, minibatch, weights)`` (rehearsal: replay
+  a memory with the mini-batch, or project the gradient as GEM does);
 - ``importance(state)`` (optional, EWC/SI/AR1): ``{"F": raw importance, "F_hat":
   clipped importance}`` for diagnostics (paper Fig. 4-5);
 - ``default_head`` (App. A) and ``training_data``: ``"batch"`` trains on B_i,
@@ -37,7 +43,7 @@ import jax
 import optax
 from flax import struct
 
-from cljax.engine import LossFn, Params, TrainState, cross_entropy
+from cljax.engine import GradientsFn, LossFn, Params, TrainState, cross_entropy
 from cljax.hparams import HParam
 
 Data = dict[str, jax.Array]
@@ -80,6 +86,8 @@ class Strategy:
     after_batch: Callable[[TrainState, BatchContext], TrainState] = keep_state
     loss: LossFn = cross_entropy
     eval_params: Callable[[TrainState], Params] = lambda state: state.params
+    logits: Callable[[TrainState, jax.Array, Callable[..., jax.Array]], jax.Array] | None = None
+    gradients: GradientsFn | None = None
     importance: Callable[[TrainState], dict[str, Any]] | None = None
     default_head: str = "maximal"  # App. A: maximal for all but LwF (expanding)
     training_data: str = "batch"  # batch: B_i | union: B_1 ∪ ... ∪ B_i (Cumulative)
