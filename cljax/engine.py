@@ -291,10 +291,22 @@ def make_member_fit(
     def start(states, run_data, epochs, keys) -> Carry:
         """The carry before step 0 (its permutations are drawn at the first step of each epoch)."""
         num_runs, capacity = run_data["y"].shape[:2]
-        zeros = jnp.zeros(epochs.shape, jnp.float32)
-        ints = jnp.zeros(epochs.shape, jnp.int32)
+        # The carry is donated to each segment (not on CPU): it must own its buffers. A buffer
+        # donated twice, donated and passed again (the keys), or shared with arrays used after the
+        # fit (a jitted stage may forward unchanged inputs as outputs) is an error or a loss.
+        if donate:
+            states = jax.tree.map(jnp.copy, states)
         orders = jnp.zeros((num_runs, capacity + batch_size), jnp.int32)
-        return Carry(states, orders, keys, zeros, zeros, ints, ints - 1)
+        epoch_keys = jax.random.wrap_key_data(jnp.array(jax.random.key_data(keys)), impl=jax.random.key_impl(keys))
+        losses = [jnp.zeros(epochs.shape, jnp.float32) for _ in range(2)]
+        return Carry(
+            states,
+            orders,
+            epoch_keys,
+            *losses,
+            jnp.zeros(epochs.shape, jnp.int32),
+            jnp.full(epochs.shape, -1, jnp.int32),
+        )
 
     def one_step(carry: Carry, run_data, member_data, epoch, s, num_examples, epochs, logit_mask, keys) -> Carry:
         """Step ``s`` of epoch ``epoch`` for every member: a new epoch's permutation first (s = 0),

@@ -227,7 +227,7 @@ def test_cwr_plus_second_batch_is_one_sgd_step_from_zero_on_frozen_features(digi
     after_b1 = states(log, "consolidated")[0]
     assert np.all(np.asarray(after_b1.params["params"]["head"]["bias"]) == 0)  # bias held at zero in B_1 too
     batch = scenario.batches[1]
-    feats = np.asarray(job.program.model.apply(after_b1.params, jnp.asarray(batch.x), method="features"), np.float64)
+    feats = np.asarray(job.program.apply_fn(after_b1.params, jnp.asarray(batch.x), method="features"), np.float64)
     onehot = np.eye(10)[batch.y]
     tw = 0.5 / len(batch.y) * feats.T @ (onehot - 1 / 10)
     trained = states(log, "trained")[1]
