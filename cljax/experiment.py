@@ -24,10 +24,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cljax import checkpoint, diagnostics, engine, mesh, metrics, monitor, stream
+from cljax import checkpoint, compile_time, diagnostics, engine, mesh, metrics, monitor, stream
 from cljax import grid as grid_lib
 from cljax.config import ConfigError, strategy_grid, strategy_hparams, strategy_names, validate, validate_point
-from cljax.files import write_json_atomic  # noqa: F401  (re-exported: the results writer)
+from cljax.files import write_json_atomic  # also re-exported: the results writer
 from cljax.models import build_model
 from cljax.models.pretrained import merge_pretrained, restore_params
 from cljax.scenarios import DataError, Dataset, Scenario, build_scenario, load_dataset, nc_capacity
@@ -575,6 +575,28 @@ def finished_runs(entry: Mapping[str, Any]) -> set[int]:
 def run_experiment(
     config, workdir: str, log: Callable[[dict], None] = print_progress, show_progress: bool = True
 ) -> dict:
+    """``run_job`` with its compile and wall times measured: a line per strategy, and
+    ``<workdir>/timings.json`` (seconds of tracing, lowering, XLA compilation and cache reads, per
+    strategy and for the job; results.json stays free of timings that differ between reruns)."""
+    start = time.perf_counter()
+    with compile_time.CompileClock() as clock:
+        timings: dict[str, Any] = {"strategies": {}}
+        results = run_job(config, workdir, log, show_progress, clock, timings)
+    timings.update(wall_seconds=round(time.perf_counter() - start, 3), compile=compile_time.since(clock.snapshot()))
+    if is_primary() and os.path.isdir(workdir):
+        write_json_atomic(os.path.join(workdir, "timings.json"), timings)
+    log_line(f"compiling took {timings['compile']['total']:.1f} s of the job's {timings['wall_seconds']:.1f} s")
+    return results
+
+
+def run_job(
+    config,
+    workdir: str,
+    log: Callable[[dict], None],
+    show_progress: bool,
+    clock: compile_time.CompileClock,
+    timings: dict,
+) -> dict:
     """Runs every strategy, grid point and run of ``config``; writes ``<workdir>/results.json`` (and
     the per-batch diagnostics beside it) after each chunk of runs, a checkpoint after each batch,
     TensorBoard scalars after each batch when ``tensorboard`` is installed, and ``<workdir>/report/``
@@ -620,7 +642,7 @@ def run_experiment(
     num_batches = build_scenario(config, 0, dataset).num_batches
     chunk_index = 0
     for name in names:
-        job = jobs[name]
+        job, started, compiled = jobs[name], time.perf_counter(), clock.snapshot()
         for point, values in enumerate(job.points):
             entry = results["strategies"].setdefault(job.entry(point), {"runs": []})
             if values:
@@ -676,11 +698,17 @@ def run_experiment(
                 entry["summary"] = metrics.summarize(complete) if complete else None
             if primary:
                 diagnostics.write_results(workdir, results)  # results.json + diagnostics_<strategy>.npz
+        spent = {"wall_seconds": round(time.perf_counter() - started, 3)}
+        spent["compile"] = compile_time.since(clock.snapshot(), compiled)
+        timings["strategies"][name] = spent
+        log_line(f"{name}: {spent['wall_seconds']:.1f} s, of which compiling {spent['compile']['total']:.1f} s")
     checkpoints.close()
     if primary:
         diagnostics.write_results(workdir, results)  # also when a resumed workdir had nothing left to do
         if scalars is not None:
             scalars.close()  # every batch was flushed already
+        started = time.perf_counter()
         report.write_report(workdir)
+        timings["report_seconds"] = round(time.perf_counter() - started, 3)
     mesh.sync("results written")
     return results
