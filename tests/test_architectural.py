@@ -359,3 +359,27 @@ def test_ar1_trains_shared_weights_and_updates_importance_by_eq_10_11(jobs, digi
         np.testing.assert_allclose(body(anchor.importance), np.minimum(importance, 0.2), rtol=1e-4, atol=1e-9)
         np.testing.assert_array_equal(body(anchor.anchor), body(trained[i].params))  # Θ* = Θ̄
     assert np.mean(importance >= 0.2) > 0  # the clip is exercised
+
+
+def head_and_body_momentum(state: TrainState) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The SGD momentum (optax ``TraceState.trace``) leaves under the head and under the body."""
+    trace = optax.tree.get(state.opt_state, "TraceState").trace
+    return (
+        [np.asarray(leaf) for leaf in jax.tree.leaves(trace["params"]["head"])],
+        [np.asarray(leaf) for leaf in jax.tree.leaves(trace["params"]["body"])],
+    )
+
+
+def test_ar1_head_momentum_restarts_with_tw_at_every_batch(jobs, digits):
+    """Momentum 0.9: after each batch the head's momentum is nonzero; before the next batch's fit
+    (after before_batch) it is zero again, like tw, while the body's momentum carries over."""
+    _, log, _ = run_shared(jobs, digits, "ar1")
+    resets, done = states(log, "reset"), states(log, "consolidated")
+    for i, reset in enumerate(resets):
+        head_momentum, body_momentum = head_and_body_momentum(reset)
+        assert head_momentum and all(np.all(m == 0) for m in head_momentum), i
+        if i > 0:
+            old_head, old_body = head_and_body_momentum(done[i - 1])
+            assert any(np.any(m != 0) for m in old_head)  # there was something to reset
+            for new, old in zip(body_momentum, old_body, strict=True):
+                np.testing.assert_array_equal(new, old)

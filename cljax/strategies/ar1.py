@@ -1,7 +1,8 @@
 """AR1: CWR+ on the head, SI on the shared weights Θ̄ (paper section 3.3, Algorithm 3).
 
 - The head is CWR+'s (``cwr_plus.py``): tw = 0 before each batch (zero init), no
-  regularisation on tw, bias held at zero, mean-shift consolidation cw[j] = tw[j] − avg(tw)
+  regularisation on tw, bias held at zero, the head's optimizer state (momentum) reset with tw,
+  mean-shift consolidation cw[j] = tw[j] − avg(tw)
   after each batch; evaluation uses Θ̄ and cw.
 - Θ̄ trains on every batch under the SI penalty λ/2·Σ F̂_k(θ_k − Θ*_k)² (eq. 6-7), Θ* = 0 and
   F̂ = 0 before B_1 (lines 3-4: no penalty on B_1). The anchor penalty and the SI path tracker
@@ -73,7 +74,10 @@ def transform(base_tx: optax.GradientTransformation) -> optax.GradientTransforma
 def before_batch(state: TrainState, ctx: BatchContext) -> tuple[TrainState, Data]:
     state = start_si_batch(state, ctx)
     params = head.reset_head(state.params, state.strategy_state.head, ctx.class_counts)  # line 7: tw = 0
-    return state._replace(params=params), {}
+    # tw restarts from zero, so its optimizer state (momentum) restarts too: stale momentum from
+    # the previous batch's head would move tw's first steps (CWR+ starts each batch's fit fresh).
+    opt_state = head.reset_head_optimizer(state.opt_state, ctx.tx, params)
+    return state._replace(params=params, opt_state=opt_state), {}
 
 
 def after_batch(state: TrainState, ctx: BatchContext, avg: str) -> TrainState:
