@@ -165,6 +165,31 @@ def test_cwr_scales_the_batch_weights_by_w_i(jobs, digits):
     assert 0.005 < resets[1].std() < 0.015 and not np.array_equal(resets[1], resets[2])  # N(0, 0.01²), fresh
 
 
+@pytest.mark.parametrize("train_bias", [False, True])
+def test_cwr_head_bias_option(jobs, digits, train_bias):
+    """Default (footnote 4: cw[j] is class j's D weights): tw's bias stays exactly zero while it
+    trains and cw's bias is zero. ``train_bias=True``: the bias trains and cw[j]'s bias is
+    w_i·tw's bias, like the kernel column."""
+    if train_bias:
+        config = shared_config("cwr")
+        config.cwr.train_bias = True
+        _, log, scenario = run_logged(config, digits)
+    else:
+        _, log, scenario = run_shared(jobs, digits, "cwr")
+    bias = np.zeros(10, np.float32)
+    for i, (trained, done) in enumerate(zip(states(log, "trained"), states(log, "consolidated"), strict=True)):
+        tw_bias = np.asarray(trained.params["params"]["head"]["bias"])
+        cw_bias = np.asarray(done.strategy_state.cw["bias"])
+        if not train_bias:
+            np.testing.assert_array_equal(tw_bias, 0)
+            np.testing.assert_array_equal(cw_bias, 0)
+            continue
+        classes = list(scenario.batches[i].classes)
+        assert np.all(tw_bias[classes] != 0)
+        bias[classes] = (1.25 if i == 0 else 0.5) * tw_bias[classes]
+        np.testing.assert_array_equal(cw_bias, bias)
+
+
 def set_kernel(state: TrainState, kernel) -> TrainState:
     tw = {"kernel": jnp.asarray(kernel, jnp.float32), "bias": jnp.zeros(4, jnp.float32)}
     return state._replace(params=head_lib.with_head(state.params, tw))
