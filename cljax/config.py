@@ -112,9 +112,11 @@ def base_config() -> ml_collections.ConfigDict:
     # Hyper-grid: "ewc.strength=1e3,1e4; lr=0.01,0.02" (cljax/grid.py); on the command line,
     # --config.ewc.strength=1e3,1e4 is the same. Every grid point is its own results entry.
     c.grid = ""
-    # Batches with the shared weights frozen (CWR, CWR+ after B_1) train the head on penultimate
-    # features computed once: auto = when that gives the same result (no dropout in the body),
-    # on = always (features without dropout), off = never (the full fit with Θ̄ masked).
+    # Batches with the shared weights frozen (CWR, CWR+ after B_1) train the head in training mode,
+    # as B_1's head trained: dropout stays active in the frozen layers (the full fit with Θ̄ masked).
+    # The shortcut of penultimate features computed once: auto = only where it gives the same
+    # result (no dropout or other train-mode behaviour in the body), on = always (an explicit
+    # approximation: inference-mode features, dropout off), off = never.
     c.feature_cache = "auto"
     # Strategies: one section each, built from the strategy's own declaration (cljax/strategies/).
     from cljax.strategies import STRATEGIES

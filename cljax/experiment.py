@@ -58,6 +58,7 @@ class Heads:
 
     kind: str  # maximal | expanding | multi (MT)
     scenario: Scenario
+    multi_fit: str = "task"  # MT training: task (each example's own task head) | seen (Strategy.multi_head_fit)
 
     def train_mask(self, i: int) -> np.ndarray:
         mask = np.zeros(self.scenario.num_classes, bool)
@@ -70,8 +71,15 @@ class Heads:
         return mask
 
     def fit_mask(self, i: int) -> np.ndarray:
-        """MT: the table of task heads (each example trains its own task's, ``task_index``); else B_i's head."""
-        return self.task_table() if self.kind == "multi" else self.train_mask(i)
+        """MT: the table of task heads (each example trains its own task's, ``task_index``), or with
+        ``multi_fit='seen'`` every class seen so far (the strategy's loss splits them); else B_i's head."""
+        if self.kind != "multi":
+            return self.train_mask(i)
+        if self.multi_fit == "seen":
+            mask = np.zeros(self.scenario.num_classes, bool)
+            mask[self.scenario.seen_classes(i)] = True
+            return mask
+        return self.task_table()
 
     def eval_masks(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """(mask_table [K, C], mask_index [num_test]) for ``engine.predict``."""
@@ -372,7 +380,7 @@ def train_chunk(
     """
     program = job.program
     scenarios = scenarios + [scenarios[-1]] * job.padding(chunk)  # idle runs that fill the mesh
-    heads = [Heads(job.head, s) for s in scenarios]
+    heads = [Heads(job.head, s, job.strategy.multi_head_fit) for s in scenarios]
     keys = jnp.stack([run_key(job.config, r) for r in padded_runs(job, chunk)])
     traced = program.place({k: np.asarray(v)[list(chunk.points)] for k, v in job.traced.items()}, mesh.GRID)
     test_x = place_test_images(program, shared_test_images(scenarios))

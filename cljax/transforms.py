@@ -235,6 +235,16 @@ def si_batch_importance(tracker: SIPathState, params: Params, xi: float) -> Para
     )
 
 
+def second_moment(opt_state: optax.OptState) -> Params:
+    """The optimizer's running mean of squared gradients ν (Adam's ``nu``, RMSprop's too), as
+    stored (no bias correction): an importance F^i read from the state at no extra cost (the
+    paper's conclusion proposes it). A ValueError when the optimizer keeps no ν (SGD)."""
+    nu = optax.tree.get(opt_state, "nu")
+    if nu is None:
+        raise ValueError("importance=adam_nu needs an optimizer with a second moment ν (optimizer=adam)")
+    return nu
+
+
 # Hyperparameters in the optimizer state. ------------------------------------------------------
 
 

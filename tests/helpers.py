@@ -69,7 +69,7 @@ def run_logged(job, scenario, run: int = 0) -> list[tuple[str, int, Any]]:
 
     chunk = experiment.Chunk((run,), (0,))
     states = experiment.start_chunk(job, chunk, [scenario]).states
-    heads = [experiment.Heads(job.head, scenario)]
+    heads = [experiment.Heads(job.head, scenario, job.strategy.multi_head_fit)]
     keys = jnp.stack([experiment.run_key(job.config, run)])
     alive = jnp.ones((1, 1), bool)
     program = job.program

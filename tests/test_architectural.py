@@ -165,6 +165,31 @@ def test_cwr_scales_the_batch_weights_by_w_i(jobs, digits):
     assert 0.005 < resets[1].std() < 0.015 and not np.array_equal(resets[1], resets[2])  # N(0, 0.01²), fresh
 
 
+@pytest.mark.parametrize("train_bias", [False, True])
+def test_cwr_head_bias_option(jobs, digits, train_bias):
+    """Default (footnote 4: cw[j] is class j's D weights): tw's bias stays exactly zero while it
+    trains and cw's bias is zero. ``train_bias=True``: the bias trains and cw[j]'s bias is
+    w_i·tw's bias, like the kernel column."""
+    if train_bias:
+        config = shared_config("cwr")
+        config.cwr.train_bias = True
+        _, log, scenario = run_logged(config, digits)
+    else:
+        _, log, scenario = run_shared(jobs, digits, "cwr")
+    bias = np.zeros(10, np.float32)
+    for i, (trained, done) in enumerate(zip(states(log, "trained"), states(log, "consolidated"), strict=True)):
+        tw_bias = np.asarray(trained.params["params"]["head"]["bias"])
+        cw_bias = np.asarray(done.strategy_state.cw["bias"])
+        if not train_bias:
+            np.testing.assert_array_equal(tw_bias, 0)
+            np.testing.assert_array_equal(cw_bias, 0)
+            continue
+        classes = list(scenario.batches[i].classes)
+        assert np.all(tw_bias[classes] != 0)
+        bias[classes] = (1.25 if i == 0 else 0.5) * tw_bias[classes]
+        np.testing.assert_array_equal(cw_bias, bias)
+
+
 def set_kernel(state: TrainState, kernel) -> TrainState:
     tw = {"kernel": jnp.asarray(kernel, jnp.float32), "bias": jnp.zeros(4, jnp.float32)}
     return state._replace(params=head_lib.with_head(state.params, tw))
@@ -359,3 +384,27 @@ def test_ar1_trains_shared_weights_and_updates_importance_by_eq_10_11(jobs, digi
         np.testing.assert_allclose(body(anchor.importance), np.minimum(importance, 0.2), rtol=1e-4, atol=1e-9)
         np.testing.assert_array_equal(body(anchor.anchor), body(trained[i].params))  # Θ* = Θ̄
     assert np.mean(importance >= 0.2) > 0  # the clip is exercised
+
+
+def head_and_body_momentum(state: TrainState) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The SGD momentum (optax ``TraceState.trace``) leaves under the head and under the body."""
+    trace = optax.tree.get(state.opt_state, "TraceState").trace
+    return (
+        [np.asarray(leaf) for leaf in jax.tree.leaves(trace["params"]["head"])],
+        [np.asarray(leaf) for leaf in jax.tree.leaves(trace["params"]["body"])],
+    )
+
+
+def test_ar1_head_momentum_restarts_with_tw_at_every_batch(jobs, digits):
+    """Momentum 0.9: after each batch the head's momentum is nonzero; before the next batch's fit
+    (after before_batch) it is zero again, like tw, while the body's momentum carries over."""
+    _, log, _ = run_shared(jobs, digits, "ar1")
+    resets, done = states(log, "reset"), states(log, "consolidated")
+    for i, reset in enumerate(resets):
+        head_momentum, body_momentum = head_and_body_momentum(reset)
+        assert head_momentum and all(np.all(m == 0) for m in head_momentum), i
+        if i > 0:
+            old_head, old_body = head_and_body_momentum(done[i - 1])
+            assert any(np.any(m != 0) for m in old_head)  # there was something to reset
+            for new, old in zip(body_momentum, old_body, strict=True):
+                np.testing.assert_array_equal(new, old)

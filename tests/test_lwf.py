@@ -1,4 +1,5 @@
-"""LwF (sec. 2.1): eq. 2 vs eq. 3 gradients (eq. 4), eq. 5's λ_i schedule, soft targets."""
+"""LwF (sec. 2.1): eq. 2 vs eq. 3 gradients (eq. 4), eq. 5's λ_i schedule, soft targets, and the MT
+form (L_cross on the new classes, distillation on the previously learned ones)."""
 
 import jax
 import jax.numpy as jnp
@@ -110,3 +111,71 @@ def test_loss_is_finite_with_masked_logits():
     assert np.isfinite(loss).all()
     grads = jax.grad(lambda o: lwf_loss(o, {"y": jnp.array([0]), SOFT_TARGETS: soft}, {"lambda": 0.5}).sum())(logits)
     assert np.isfinite(grads).all()
+
+
+def _np_log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def test_mt_loss_matches_a_hand_computation():
+    """MT (sec. 2.1): B_i's new classes {3, 4}, previously learned {0, 1}, class 2 unseen; λ = 0.3.
+    Per example: 0.7·(−log softmax over {3, 4} at y) + 0.3·(−Σ_{j∈{0,1}} ŷ_lwf[j]·log softmax over {0, 1})."""
+    logits = np.array([[0.5, -1.0, 3.0, 2.0, 0.1], [1.5, 0.2, -2.0, -0.3, 0.9]], np.float32)
+    y = np.array([3, 4], np.int32)
+    soft = np.array([[0.8, 0.2, 0, 0, 0], [0.25, 0.75, 0, 0, 0]], np.float32)
+    state = {
+        "lambda": jnp.float32(0.3),
+        "new_classes": jnp.array([False, False, False, True, True]),
+        "old_classes": jnp.array([True, True, False, False, False]),
+    }
+    batch = {"y": jnp.asarray(y), SOFT_TARGETS: jnp.asarray(soft), "mask_index": jnp.zeros(2, jnp.int32)}
+    got = np.asarray(lwf_loss(jnp.asarray(logits), batch, state))
+    new = _np_log_softmax(logits[:, [3, 4]].astype(np.float64))
+    old = _np_log_softmax(logits[:, [0, 1]].astype(np.float64))
+    cross = -new[np.arange(2), y - 3]
+    distill = -(soft[:, :2] * old).sum(-1)
+    np.testing.assert_allclose(got, 0.7 * cross + 0.3 * distill, rtol=1e-5)
+    # The unseen class 2 (the largest logit of example 0) plays no part: no gradient reaches it.
+    grad = jax.grad(lambda o: jnp.sum(lwf_loss(o, batch, state)))(jnp.asarray(logits))
+    assert float(jnp.abs(grad[:, 2]).max()) == 0.0
+
+
+def test_mt_soft_targets_cover_the_previously_learned_classes_only():
+    model = Classifier(MLPBody((8,)), num_classes=5)
+    x = jax.random.normal(jax.random.key(0), (7, 4, 1))
+    params = model.init(jax.random.key(1), x[:1])
+    strategy = make_strategy("lwf")
+    assert strategy.multi_head_fit == "seen"
+    state = engine.TrainState(params, (), strategy.init(params))
+    hparams = traced("lwf", map_from=(0.0, 1.0), map_to=(0.0, 1.0))
+    # MT head of B_2 = {3, 4}; B_1 = {0, 1} learned before.
+    ctx = batch_context(1, [3, 4] * 3, num_classes=5, hparams=hparams, apply_fn=model.apply, seen=[0, 1])
+    ctx = ctx.replace(
+        data={"x": x, "y": jnp.zeros(7, jnp.int32), "mask_index": jnp.ones(7, jnp.int32)},
+        logit_mask=jnp.array([False, False, False, True, True]),
+    )
+    before = jax.jit(strategy.before_batch)
+    new_state, extras = before(state, ctx)
+    np.testing.assert_array_equal(new_state.strategy_state["new_classes"], [False, False, False, True, True])
+    np.testing.assert_array_equal(new_state.strategy_state["old_classes"], [True, True, False, False, False])
+    logits = np.asarray(model.apply(params, x), np.float64)[:, [0, 1]]
+    np.testing.assert_allclose(extras[SOFT_TARGETS][:, :2], np.exp(_np_log_softmax(logits)), rtol=1e-5)
+    assert np.all(np.asarray(extras[SOFT_TARGETS][:, 2:]) == 0.0)
+    # B_1 has no previously learned class: all-zero targets (and λ_1 = 0), same shapes.
+    first = ctx.replace(index=jnp.int32(0), seen_classes=ctx.classes)
+    first_state, first_extras = before(state, first)
+    assert float(first_state.strategy_state["lambda"]) == 0.0
+    assert not np.any(first_state.strategy_state["old_classes"])
+    assert np.all(np.asarray(first_extras[SOFT_TARGETS]) == 0.0)
+
+
+def test_mt_lwf_fits_every_seen_class_while_other_strategies_fit_their_task_head():
+    from cljax.experiment import Heads
+    from cljax.scenarios import Dataset, nc_scenario
+
+    y = np.repeat(np.arange(6), 2).astype(np.int32)
+    x = np.zeros((12, 1, 1, 1), np.float32)
+    scenario = nc_scenario(Dataset("t", x, y, x, y, 6), [4, 5, 0, 1, 2, 3], classes_per_batch=2)
+    np.testing.assert_array_equal(np.flatnonzero(Heads("multi", scenario, "seen").fit_mask(1)), [0, 1, 4, 5])
+    assert Heads("multi", scenario).fit_mask(1).shape == (4, 6)  # the task table (one row per task + all)

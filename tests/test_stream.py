@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -143,6 +144,41 @@ def test_the_feature_cache_is_used_only_where_it_changes_nothing():
     assert experiment.feature_cache_allowed("auto", Classifier(MLPBody((8,)), 3), (8, 8, 1))
     assert not experiment.feature_cache_allowed("auto", Classifier(CifarNetBody(), 3), (32, 32, 3))
     assert experiment.feature_cache_allowed("on", Classifier(CifarNetBody(), 3), (32, 32, 3))
+
+
+class DropoutMLPBody(nn.Module):
+    """One 16-unit ReLU layer followed by dropout: dropout above the feature-cache point."""
+
+    rate: float
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        h = nn.relu(nn.Dense(16, name="fc1")(x.reshape((x.shape[0], -1))))
+        return nn.Dropout(self.rate, deterministic=not train)(h)
+
+
+def test_head_only_fit_keeps_dropout_active_in_the_frozen_body(digits, name="cwr_plus"):
+    """With dropout in the body, the default (feature_cache=auto) head-only fit after B_1 is the
+    full fit in training mode (dropout active in the frozen layers, as B_1's head trained); the
+    explicit feature_cache=on trains on inference-mode features instead and gets other numbers.
+    The same body with dropout rate 0 gives the same numbers either way. (CWR and CWR+ share this
+    path: ``StreamProgram.fit``.)"""
+    from cljax.models import Classifier
+
+    config = short_config(name, num_runs=1)
+    chunk = experiment.Chunk((0,), (0,))
+    for rate in (0.5, 0.0):
+        model = Classifier(DropoutMLPBody(rate), digits.num_classes)
+        auto = experiment.feature_cache_allowed("auto", model, digits.input_shape)
+        assert auto == (rate == 0.0)
+        default, _ = train(config, name, digits, chunk, model=model, feature_cache=auto)
+        cached, _ = train(config, name, digits, chunk, model=model, feature_cache=True)
+        default_loss, cached_loss = default[0][0]["loss"], cached[0][0]["loss"]
+        np.testing.assert_allclose(default_loss[0], cached_loss[0], rtol=1e-5)  # B_1: the same full fit
+        if rate:
+            assert all(abs(a - b) > 1e-4 for a, b in zip(default_loss[1:], cached_loss[1:], strict=True))
+        else:
+            np.testing.assert_allclose(default_loss, cached_loss, rtol=1e-4)
 
 
 def test_one_diverging_member_is_recorded_while_the_others_finish(digits, tmp_path):

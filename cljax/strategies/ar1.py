@@ -1,7 +1,8 @@
 """AR1: CWR+ on the head, SI on the shared weights Θ̄ (paper section 3.3, Algorithm 3).
 
 - The head is CWR+'s (``cwr_plus.py``): tw = 0 before each batch (zero init), no
-  regularisation on tw, bias held at zero, mean-shift consolidation cw[j] = tw[j] − avg(tw)
+  regularisation on tw, bias held at zero, the head's optimizer state (momentum) reset with tw,
+  mean-shift consolidation cw[j] = tw[j] − avg(tw)
   after each batch; evaluation uses Θ̄ and cw.
 - Θ̄ trains on every batch under the SI penalty λ/2·Σ F̂_k(θ_k − Θ*_k)² (eq. 6-7), Θ* = 0 and
   F̂ = 0 before B_1 (lines 3-4: no penalty on B_1). The anchor penalty and the SI path tracker
@@ -10,6 +11,8 @@
 - After each batch (lines 11-14): consolidate cw, Θ* = Θ̄, F^i = path/(T² + ξ) (eq. 10),
   F = F + w_i·F^i, F̂ = clip(F, max_F) (eq. 11), w_1 = ``w_first``, w_i = ``w_rest``.
 - Maximal head by default (App. A); ``head=expanding`` is an option.
+- ``importance='adam_nu'`` (past the paper, its conclusion's proposal): F^i = the optimizer's
+  ν (Adam) on Θ̄ instead of eq. 10, as SI's option (``si.py``); no path tracker runs.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from cljax.hparams import choice, non_negative, positive
 from cljax.models import HEAD
 from cljax.strategies import head
 from cljax.strategies.base import BatchContext, Data, Strategy, StrategySpec
-from cljax.strategies.penalty import si_after_batch, start_si_batch, warn_if_unstable
+from cljax.strategies.penalty import ADAM_NU, check_penalty, importance_choice, si_after_batch, start_si_batch
 
 shared_weights = transforms.exclude_mask(HEAD)  # Θ̄: every parameter outside the head
 
@@ -38,6 +41,7 @@ HPARAMS = {
     "w_first": non_negative(2e-2, "w_1 of eq. 11 (Table 4: 0.0015; larger here: B_1's features are the ones to keep)"),
     "w_rest": non_negative(2e-2, "w_i of eq. 11, i > 1 (Table 4: 0.0015)"),
     "avg": choice("batch", head.AVERAGES, "mean-shift average, as cwr_plus.avg"),
+    "importance": importance_choice("path"),
 }
 TRAINING = {"epochs": 20, "lr": 0.02}  # B_i>1, as CWR+
 
@@ -60,25 +64,28 @@ def without_head(tree: Params) -> Params:
     return {**tree, "params": {k: v for k, v in tree["params"].items() if k != HEAD}}
 
 
-def transform(base_tx: optax.GradientTransformation) -> optax.GradientTransformation:
+def transform(base_tx: optax.GradientTransformation, source: str = "path") -> optax.GradientTransformation:
     # Penalty first (its gradient goes through the base optimizer), tracker last (it sees the
-    # applied update Δθ); both on Θ̄ only. The head bias gets no update (CWR+).
-    return optax.chain(
-        transforms.anchor_penalty_in_state(mask=shared_weights),
-        head.freeze_head_bias(base_tx),
-        transforms.si_path_tracker(mask=shared_weights),
-    )
+    # applied update Δθ); both on Θ̄ only. The head bias gets no update (CWR+). With
+    # importance=adam_nu the optimizer's ν is the importance: no tracker.
+    parts = [transforms.anchor_penalty_in_state(mask=shared_weights), head.freeze_head_bias(base_tx)]
+    if source != ADAM_NU:
+        parts.append(transforms.si_path_tracker(mask=shared_weights))
+    return optax.chain(*parts)
 
 
-def before_batch(state: TrainState, ctx: BatchContext) -> tuple[TrainState, Data]:
-    state = start_si_batch(state, ctx)
+def before_batch(state: TrainState, ctx: BatchContext, source: str = "path") -> tuple[TrainState, Data]:
+    state = start_si_batch(state, ctx, source)
     params = head.reset_head(state.params, state.strategy_state.head, ctx.class_counts)  # line 7: tw = 0
-    return state._replace(params=params), {}
+    # tw restarts from zero, so its optimizer state (momentum) restarts too: stale momentum from
+    # the previous batch's head would move tw's first steps (CWR+ starts each batch's fit fresh).
+    opt_state = head.reset_head_optimizer(state.opt_state, ctx.tx, params)
+    return state._replace(params=params, opt_state=opt_state), {}
 
 
-def after_batch(state: TrainState, ctx: BatchContext, avg: str) -> TrainState:
+def after_batch(state: TrainState, ctx: BatchContext, avg: str, source: str = "path") -> TrainState:
     consolidated = head.consolidate_mean_shift(state.strategy_state.head, state.params, ctx.class_counts, avg)
-    importance, opt_state = si_after_batch(state, ctx, state.strategy_state.importance)  # lines 13-14
+    importance, opt_state = si_after_batch(state, ctx, state.strategy_state.importance, source)  # lines 13-14
     return TrainState(state.params, opt_state, AR1State(consolidated, importance))
 
 
@@ -89,17 +96,18 @@ def importance(state: TrainState) -> dict[str, Any]:
 
 def ar1(hparams: Mapping[str, Any] | None = None) -> Strategy:
     avg = "batch" if hparams is None else hparams["avg"]
+    source = "path" if hparams is None else hparams["importance"]
     return Strategy(
         name="ar1",
-        transform=transform,
+        transform=lambda base_tx: transform(base_tx, source),
         init=init_ar1_state,
-        before_batch=before_batch,
-        after_batch=lambda state, ctx: after_batch(state, ctx, avg),
+        before_batch=lambda state, ctx: before_batch(state, ctx, source),
+        after_batch=lambda state, ctx: after_batch(state, ctx, avg, source),
         eval_params=head.eval_with_cw,
         importance=importance,
     )
 
 
 SPEC = StrategySpec(
-    ar1, HPARAMS, TRAINING, doc="CWR+ head and SI on Θ̄ (sec. 3.3, Alg. 3)", check=lambda v: warn_if_unstable(v, "ar1")
+    ar1, HPARAMS, TRAINING, doc="CWR+ head and SI on Θ̄ (sec. 3.3, Alg. 3)", check=lambda v: check_penalty(v, "ar1")
 )

@@ -22,7 +22,10 @@ A continual-learning strategy is fully described by
 - ``importance(state)`` (optional, EWC/SI/AR1): ``{"F": raw importance, "F_hat":
   clipped importance}`` for diagnostics (paper Fig. 4-5);
 - ``default_head`` (App. A) and ``training_data``: ``"batch"`` trains on B_i,
-  ``"union"`` on B_1 ∪ ... ∪ B_i (Cumulative; the scenario provides the union).
+  ``"union"`` on B_1 ∪ ... ∪ B_i (Cumulative; the scenario provides the union);
+- ``multi_head_fit`` (MT setting only): ``"task"`` masks each example's logits to its own
+  task's head; ``"seen"`` leaves every class seen so far to the loss, which splits them
+  itself (LwF in MT, sec. 2.1: L_cross on the new classes, distillation on the old ones).
 
 Every hook is jittable and vmappable: ``BatchContext`` holds arrays only (plus the
 static model function and optimizer), hyperparameters that a grid may vary arrive as
@@ -91,6 +94,7 @@ class Strategy:
     importance: Callable[[TrainState], dict[str, Any]] | None = None
     default_head: str = "maximal"  # App. A: maximal for all but LwF (expanding)
     training_data: str = "batch"  # batch: B_i | union: B_1 ∪ ... ∪ B_i (Cumulative)
+    multi_head_fit: str = "task"  # MT: task: each example's own task head | seen: every seen class (LwF)
 
 
 @dataclasses.dataclass(frozen=True)

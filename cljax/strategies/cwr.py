@@ -7,7 +7,11 @@
   transformation (``transforms.freeze_body``, set from B_2 on), so it stays bitwise unchanged.
   The engine trains such batches on penultimate features computed once when that gives the same
   result (a body without dropout); otherwise it runs the masked full fit.
-- After each batch cw[j] = w_i·tw[j] (kernel column and bias) for the classes j of the batch,
+- The head bias: footnote 4 (sec. 3.1) makes class j's consolidated subset cw[j] its D weights
+  from the penultimate layer, so by default (``train_bias=False``) the bias is held at zero
+  (learning rate 0, ``head.freeze_head_bias``, as CWR+ and AR1) and cw's bias stays zero;
+  ``train_bias=True`` trains tw's bias and copies it into cw with the kernel.
+- After each batch cw[j] = w_i·tw[j] (kernel column, and bias) for the classes j of the batch,
   w_1 = ``w_first``, w_i = ``w_rest`` (Table 4: 1.25, 1 for CaffeNet; Table 5: 1, 1); a class seen
   again blends with its past weights (``head.consolidate``).
 - Evaluation uses Θ̄ and cw. Maximal head by default (App. A); ``head=expanding`` is an option.
@@ -15,6 +19,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,7 +29,7 @@ import optax
 
 from cljax import transforms
 from cljax.engine import TrainState
-from cljax.hparams import non_negative
+from cljax.hparams import flag, non_negative
 from cljax.models import HEAD
 from cljax.strategies import head
 from cljax.strategies.base import BatchContext, Data, Strategy, StrategySpec
@@ -33,6 +38,7 @@ HPARAMS = {
     "w_first": non_negative(1.0, "w_1: cw[j] = w_1·tw[j] after B_1 (Alg. 1 line 10; Table 4 CaffeNet: 1.25)"),
     "w_rest": non_negative(1.0, "w_i, i > 1"),
     "init_std": non_negative(0.01, "std of tw's Gaussian re-initialisation (Alg. 1 line 5; 0 = zeros)"),
+    "train_bias": flag(False, "False: bias held at 0, cw[j] = weights only (footnote 4) | True: trained, copied"),
 }
 TRAINING = {"epochs": 20, "lr": 0.02}  # B_i>1 trains the head alone: cheap
 
@@ -47,8 +53,9 @@ def gaussian_head(key: jax.Array, tw: head.Params, std: jax.Array) -> head.Param
     }
 
 
-def transform(base_tx: optax.GradientTransformation) -> optax.GradientTransformation:
-    return optax.chain(base_tx, transforms.freeze_body(HEAD))
+def transform(base_tx: optax.GradientTransformation, train_bias: bool = False) -> optax.GradientTransformation:
+    head_tx = base_tx if train_bias else head.freeze_head_bias(base_tx)  # footnote 4: weights only
+    return optax.chain(head_tx, transforms.freeze_body(HEAD))
 
 
 def before_batch(state: TrainState, ctx: BatchContext) -> tuple[TrainState, Data]:
@@ -64,10 +71,11 @@ def after_batch(state: TrainState, ctx: BatchContext) -> TrainState:
 
 
 def cwr(hparams: Mapping[str, Any] | None = None) -> Strategy:
-    del hparams  # w_first, w_rest and init_std are traced: they arrive in ctx.hparams
+    # w_first, w_rest and init_std are traced: they arrive in ctx.hparams.
+    train_bias = False if hparams is None else bool(hparams["train_bias"])
     return Strategy(
         name="cwr",
-        transform=transform,
+        transform=functools.partial(transform, train_bias=train_bias),
         init=head.init_head_state,
         before_batch=before_batch,
         after_batch=after_batch,

@@ -16,6 +16,10 @@ The logits get the training head's mask, as during training.
 Stability of eq. 7 needs η·λ·max_F ≤ 1; Table 4's own values give about 1.2, so an
 excess is a warning, not an error. λ and max_F are traced hyperparameters (``ctx.hparams``):
 λ is written into the penalty's state before each batch, so a grid over them is one program.
+
+``importance='adam_nu'`` (past the paper, its conclusion's proposal): F^i is the optimizer's
+running mean of squared gradients ν (Adam), read from its state after B_i: no Fisher pass.
+Eq. 8's consolidation and the penalty are unchanged.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from cljax import transforms
 from cljax.engine import Params, TrainState, cross_entropy, mask_logits
 from cljax.hparams import choice, positive, positive_int
 from cljax.strategies.base import BatchContext, Data, Strategy, StrategySpec
-from cljax.strategies.penalty import set_strength, warn_if_unstable
+from cljax.strategies.penalty import ADAM_NU, adam_nu_importance, check_penalty, importance_choice, set_strength
 
 FISHER_MODES = ("per_example", "minibatch")
 
@@ -41,6 +45,7 @@ HPARAMS = {
     "max_f": positive(1e-3, "max_F, the clip of F̂ (eq. 8; Table 4: 0.001)"),
     "fisher": choice("per_example", FISHER_MODES, "per_example: squared per-pattern gradients | minibatch (App. A)"),
     "fisher_batch_size": positive_int(64, "per_example: patterns per chunk; minibatch: patterns per mini-batch"),
+    "importance": importance_choice("fisher"),
 }
 TRAINING = {"lr": 0.005}  # B_i>1 learning rate, lower than B_1's (Table 4 does the same)
 
@@ -111,6 +116,7 @@ def ewc_consolidate(fisher_sum: Params, batch_fisher: Params, batches_seen, max_
 
 def ewc(hparams: Mapping[str, Any]) -> Strategy:
     mode, chunk = hparams["fisher"], int(hparams["fisher_batch_size"])
+    source = hparams.get("importance", "fisher")
 
     def transform(base_tx: optax.GradientTransformation) -> optax.GradientTransformation:
         return optax.chain(transforms.anchor_penalty_in_state(), base_tx)
@@ -121,8 +127,10 @@ def ewc(hparams: Mapping[str, Any]) -> Strategy:
     def before_batch(state: TrainState, ctx: BatchContext) -> tuple[TrainState, Data]:
         return set_strength(state, ctx), {}
 
-    def after_batch(state: TrainState, ctx: BatchContext) -> TrainState:
-        batch_fisher = diagonal_fisher(
+    def batch_importance(state: TrainState, ctx: BatchContext) -> Params:
+        if source == ADAM_NU:  # the optimizer's ν: a state read, no pass over the batch
+            return adam_nu_importance(state.opt_state, state.strategy_state["fisher_sum"])
+        return diagonal_fisher(
             ctx.apply_fn,
             state.params,
             ctx.data["x"],
@@ -133,6 +141,9 @@ def ewc(hparams: Mapping[str, Any]) -> Strategy:
             mode=mode,
             chunk=chunk,
         )
+
+    def after_batch(state: TrainState, ctx: BatchContext) -> TrainState:
+        batch_fisher = batch_importance(state, ctx)
         fisher_sum, f_hat = ewc_consolidate(
             state.strategy_state["fisher_sum"], batch_fisher, ctx.index + 1, ctx.hparams["max_f"]
         )
@@ -157,5 +168,5 @@ SPEC = StrategySpec(
     HPARAMS,
     TRAINING,
     doc="Elastic Weight Consolidation (sec. 2.2, eq. 6-8)",
-    check=lambda v: warn_if_unstable(v, "ewc"),
+    check=lambda v: check_penalty(v, "ewc"),
 )

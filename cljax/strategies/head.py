@@ -138,6 +138,19 @@ def eval_with_cw(state) -> Params:
     return with_head(state.params, consolidated.cw)
 
 
+def reset_head_optimizer(opt_state: optax.OptState, tx: optax.GradientTransformation, params: Params):
+    """``opt_state`` whose leaves under the head (momentum, Adam moments) are those of a fresh
+    ``tx.init``: a head re-initialised before a batch (AR1's tw = 0, Alg. 3 line 7) starts its
+    optimizer again too, as CWR+ does (``fresh_optimizer``); the shared weights keep theirs."""
+    fresh = tx.init(params)
+
+    def pick(path, old, new):
+        under_head = any(isinstance(k, jax.tree_util.DictKey) and k.key == HEAD for k in path)
+        return new if under_head else old
+
+    return jax.tree_util.tree_map_with_path(pick, opt_state, fresh)
+
+
 def fresh_optimizer(params: Params, tx: optax.GradientTransformation, index: jax.Array) -> optax.OptState:
     """A fresh optimizer state for batch ``index`` (the head is re-initialised, so its momentum
     starts again) with Θ̄ frozen after B_1 (``transforms.freeze_body``; Alg. 1-2 lines 7-8)."""

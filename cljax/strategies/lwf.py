@@ -14,6 +14,15 @@ the same "s classes encountered so far", sec. 2.1); λ_i is clipped to [0, 1]
 so the target stays a distribution when the map is extrapolated outside
 ``map_from``. λ_i lives in the strategy state as a float32 scalar and the map's
 intervals arrive as traced hyperparameters, so neither recompiles the training step.
+
+MT setting (sec. 2.1: "L_cross is computed only for the n_i new classes in B_i, while L_kdl is
+computed for all the classes previously learned"): the fit leaves every class seen so far to the
+loss (``Strategy.multi_head_fit='seen'``), the soft targets ŷ_lwf are the softmax over the
+previously learned classes only, and the loss is eq. 2's two terms with their own softmaxes,
+(1 − λ_i)·L_cross(new classes, one-hot) + λ_i·L_cross(old classes, ŷ_lwf) (the distillation
+term as cross-entropy, as the paper does for SIT; the old tasks' heads in one compact term,
+which sec. 2.1 states is equivalent). The two terms do not share a softmax, so eq. 3's fused
+target does not apply. The stream is MT when its training data carries ``mask_index``.
 """
 
 from __future__ import annotations
@@ -27,10 +36,12 @@ import optax
 
 from cljax.engine import TrainState, chunked_map, mask_logits
 from cljax.hparams import interval
+from cljax.models import HEAD
 from cljax.strategies.base import BatchContext, Data, Strategy, StrategySpec
 
 SOFT_TARGETS = "soft_targets"  # key of the per-example [capacity, C] soft targets in the training data
 SOFT_TARGET_CHUNK = 1000  # examples per forward pass when computing soft targets (bounded memory)
+MT_KEY = "mask_index"  # present in the training data of MT streams only (each example's task head)
 
 
 HPARAMS = {
@@ -58,8 +69,14 @@ def lwf_lambda(batch_sizes_T: jax.Array, index: jax.Array, map_from, map_to) -> 
 
 
 def lwf_loss(logits_BxC: jax.Array, batch: Data, strategy_state: dict[str, jax.Array]) -> jax.Array:
-    """Per-example eq. 3: CE(ŷ, (1 − λ)·onehot(y) + λ·ŷ_lwf)."""
+    """Per-example eq. 3: CE(ŷ, (1 − λ)·onehot(y) + λ·ŷ_lwf); MT (sec. 2.1): eq. 2 with
+    L_cross over the batch's new classes and the distillation term over the old classes."""
     lam = strategy_state["lambda"]
+    if MT_KEY in batch:
+        new = mask_logits(logits_BxC, strategy_state["new_classes"])
+        old = mask_logits(logits_BxC, strategy_state["old_classes"])
+        cross = optax.softmax_cross_entropy_with_integer_labels(new, batch["y"])
+        return (1.0 - lam) * cross + lam * optax.softmax_cross_entropy(old, batch[SOFT_TARGETS])
     onehot = jax.nn.one_hot(batch["y"], logits_BxC.shape[-1], dtype=logits_BxC.dtype)
     targets = (1.0 - lam) * onehot + lam * batch[SOFT_TARGETS]
     return optax.softmax_cross_entropy(logits_BxC, targets)
@@ -75,21 +92,33 @@ def soft_targets(apply_fn, params, x: jax.Array, logit_mask_C: jax.Array, chunk:
 
 
 def init(params) -> dict[str, jax.Array]:
-    del params
-    return {"lambda": jnp.zeros((), jnp.float32)}
+    """λ, and the batch's new and previously learned classes (the two terms of the MT loss)."""
+    no_classes = jnp.zeros(params["params"][HEAD]["bias"].shape, bool)
+    return {"lambda": jnp.zeros((), jnp.float32), "new_classes": no_classes, "old_classes": no_classes}
 
 
 def before_batch(state: TrainState, ctx: BatchContext) -> tuple[TrainState, Data]:
-    # Soft targets for every (padded) row, B_1 included, so the data keeps one structure.
-    targets = soft_targets(ctx.apply_fn, state.params, ctx.data["x"], ctx.logit_mask)
+    new, old = ctx.classes, ctx.seen_classes & ~ctx.classes
+    # SIT: the softmax over the training head; MT: over the previously learned classes (none in
+    # B_1: all-zero targets, and λ_1 = 0). Every (padded) row, so the data keeps one structure.
+    head = old if MT_KEY in ctx.data else ctx.logit_mask
+    targets = soft_targets(ctx.apply_fn, state.params, ctx.data["x"], head)
+    targets = jnp.where(jnp.any(head), targets, 0.0).astype(targets.dtype)
     lam = lwf_lambda(ctx.batch_sizes, ctx.index, ctx.hparams["map_from"], ctx.hparams["map_to"])
-    state = state._replace(strategy_state={**state.strategy_state, "lambda": lam})
-    return state, {SOFT_TARGETS: targets}
+    strategy_state = {**state.strategy_state, "lambda": lam, "new_classes": new, "old_classes": old}
+    return state._replace(strategy_state=strategy_state), {SOFT_TARGETS: targets}
 
 
 def lwf(hparams: Mapping[str, Any] | None = None) -> Strategy:
     del hparams  # map_from and map_to are traced: they arrive in ctx.hparams
-    return Strategy(name="lwf", init=init, before_batch=before_batch, loss=lwf_loss, default_head="expanding")
+    return Strategy(
+        name="lwf",
+        init=init,
+        before_batch=before_batch,
+        loss=lwf_loss,
+        default_head="expanding",
+        multi_head_fit="seen",  # MT: the loss splits new and old classes itself (sec. 2.1)
+    )
 
 
 SPEC = StrategySpec(lwf, HPARAMS, doc="Learning without Forgetting (sec. 2.1, eq. 3-5)")

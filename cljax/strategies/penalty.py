@@ -11,7 +11,35 @@ import jax.numpy as jnp
 
 from cljax import transforms
 from cljax.engine import Params, TrainState
+from cljax.hparams import ConfigError, choice
 from cljax.strategies.base import BatchContext
+
+ADAM_NU = "adam_nu"
+
+
+def importance_choice(default: str) -> Any:
+    """The ``importance`` hyperparameter: the paper's (``default``) or the optimizer's ν."""
+    return choice(
+        default,
+        (default, ADAM_NU),
+        f"F^i: {default} (the paper's) | adam_nu: the optimizer's running mean of squared gradients "
+        "(Adam's ν, read from its state at no extra cost; the paper's conclusion, future work; needs optimizer=adam)",
+    )
+
+
+def check_importance(values: Mapping[str, Any], name: str) -> None:
+    """``importance=adam_nu`` needs an optimizer that keeps ν."""
+    if values["importance"] == ADAM_NU and values["optimizer"] != "adam":
+        raise ConfigError(
+            f"{name}.importance='adam_nu' needs optimizer='adam' (got optimizer={values['optimizer']!r}): "
+            "SGD keeps no running mean of squared gradients"
+        )
+
+
+def check_penalty(values: Mapping[str, Any], name: str) -> None:
+    """The checks of a penalty strategy with the ``importance`` option (SI, EWC, AR1)."""
+    check_importance(values, name)
+    warn_if_unstable(values, name)
 
 
 def warn_if_unstable(values: Mapping[str, Any], name: str) -> None:
@@ -46,17 +74,32 @@ def si_consolidate(importance: Params, batch_importance: Params, weight, max_f) 
     return importance, f_hat
 
 
-def si_after_batch(state: TrainState, ctx: BatchContext, importance: Params) -> tuple[Params, Any]:
-    """SI's end of batch (eq. 10-11), on whatever the tracker covers: returns the new raw
-    importance F and the optimizer state with Θ* = the current weights and F̂ in the penalty."""
-    tracker = transforms.si_path_state(state.opt_state)
-    batch_importance = transforms.si_batch_importance(tracker, state.params, ctx.hparams["xi"])  # eq. 10
+def adam_nu_importance(opt_state: Any, template: Params) -> Params:
+    """F^i = ν, the optimizer's second moment (``transforms.second_moment``), on the leaves of
+    ``template`` (``MaskedNode`` leaves stay masked: AR1's head), in their dtypes."""
+    nu = transforms.second_moment(opt_state)
+    return transforms.map_unmasked(lambda t, v: jnp.asarray(v, t.dtype), template, nu)
+
+
+def si_after_batch(
+    state: TrainState, ctx: BatchContext, importance: Params, source: str = "path"
+) -> tuple[Params, Any]:
+    """SI's end of batch (eq. 10-11), on whatever ``importance`` covers: returns the new raw
+    importance F and the optimizer state with Θ* = the current weights and F̂ in the penalty.
+    ``source='path'``: F^i from the path tracker (eq. 10); ``'adam_nu'``: F^i = ν."""
+    if source == ADAM_NU:
+        batch_importance = adam_nu_importance(state.opt_state, importance)
+    else:
+        tracker = transforms.si_path_state(state.opt_state)
+        batch_importance = transforms.si_batch_importance(tracker, state.params, ctx.hparams["xi"])  # eq. 10
     importance, f_hat = si_consolidate(importance, batch_importance, si_batch_weight(ctx), ctx.hparams["max_f"])
     opt_state = transforms.replace_anchor_state(state.opt_state, anchor=state.params, importance=f_hat)
     return importance, opt_state
 
 
-def start_si_batch(state: TrainState, ctx: BatchContext) -> TrainState:
-    """Before B_i: zero the SI path, start it at the current weights, and set λ."""
-    state = state._replace(opt_state=transforms.reset_si_path(state.opt_state, state.params))
+def start_si_batch(state: TrainState, ctx: BatchContext, source: str = "path") -> TrainState:
+    """Before B_i: zero the SI path, start it at the current weights (no tracker with
+    ``source='adam_nu'``), and set λ."""
+    if source != ADAM_NU:
+        state = state._replace(opt_state=transforms.reset_si_path(state.opt_state, state.params))
     return set_strength(state, ctx)

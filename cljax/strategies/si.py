@@ -11,6 +11,10 @@ and w_i = ``w_rest`` for i > 1; Θ* = the current weights. The penalty is EWC's
 (eq. 6-7, ``transforms.quadratic_anchor_penalty``). Before every batch the
 tracker's path is zeroed and its start point set to the current weights.
 Every numeric hyperparameter is traced (``ctx.hparams``): a grid over them is one program.
+
+``importance='adam_nu'`` (an option past the paper, whose conclusion proposes it): F^i is the
+optimizer's running mean of squared gradients ν (Adam), read from its state after B_i instead of
+eq. 10; no path tracker runs. Eq. 11's consolidation and the penalty are unchanged.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from cljax import transforms
 from cljax.engine import Params, TrainState
 from cljax.hparams import non_negative, positive
 from cljax.strategies.base import BatchContext, Data, Strategy, StrategySpec
-from cljax.strategies.penalty import si_after_batch, start_si_batch, warn_if_unstable
+from cljax.strategies.penalty import ADAM_NU, check_penalty, importance_choice, si_after_batch, start_si_batch
 
 HPARAMS = {
     "strength": positive(2e5, "λ of the penalty (eq. 7); 1/(η·max_F) is the largest stable value"),
@@ -34,24 +38,28 @@ HPARAMS = {
     "xi": positive(1e-3, "ξ, the damping of eq. 10"),
     "w_first": non_negative(1e-4, "w_1 of eq. 11: small, B_1's trajectories start from the initialisation"),
     "w_rest": non_negative(1e-3, "w_i of eq. 11, i > 1"),
+    "importance": importance_choice("path"),
 }
 TRAINING = {"lr": 0.005}  # B_i>1 learning rate
 
 
 def si(hparams: Mapping[str, Any] | None = None) -> Strategy:
-    del hparams  # every SI hyperparameter is traced: they arrive in ctx.hparams
+    # Every numeric SI hyperparameter is traced (ctx.hparams); the importance source is static.
+    source = "path" if hparams is None else hparams["importance"]
 
     def transform(base_tx: optax.GradientTransformation) -> optax.GradientTransformation:
+        if source == ADAM_NU:  # ν is in the optimizer's state already: no tracker
+            return optax.chain(transforms.anchor_penalty_in_state(), base_tx)
         return optax.chain(transforms.anchor_penalty_in_state(), base_tx, transforms.si_path_tracker())
 
     def init(params: Params) -> dict[str, Any]:
         return {"importance": jax.tree.map(jnp.zeros_like, params)}
 
     def before_batch(state: TrainState, ctx: BatchContext) -> tuple[TrainState, Data]:
-        return start_si_batch(state, ctx), {}
+        return start_si_batch(state, ctx, source), {}
 
     def after_batch(state: TrainState, ctx: BatchContext) -> TrainState:
-        importance, opt_state = si_after_batch(state, ctx, state.strategy_state["importance"])  # eq. 10-11
+        importance, opt_state = si_after_batch(state, ctx, state.strategy_state["importance"], source)  # eq. 10-11
         return TrainState(state.params, opt_state, {**state.strategy_state, "importance": importance})
 
     def importance(state: TrainState) -> dict[str, Any]:
@@ -68,5 +76,5 @@ def si(hparams: Mapping[str, Any] | None = None) -> Strategy:
 
 
 SPEC = StrategySpec(
-    si, HPARAMS, TRAINING, doc="Synaptic Intelligence (sec. 2.3, eq. 9-11)", check=lambda v: warn_if_unstable(v, "si")
+    si, HPARAMS, TRAINING, doc="Synaptic Intelligence (sec. 2.3, eq. 9-11)", check=lambda v: check_penalty(v, "si")
 )
