@@ -28,10 +28,10 @@ from cljax import checkpoint, diagnostics, engine, mesh, metrics, monitor, strea
 from cljax import grid as grid_lib
 from cljax.config import ConfigError, strategy_grid, strategy_hparams, strategy_names, validate, validate_point
 from cljax.files import write_json_atomic  # noqa: F401  (re-exported: the results writer)
+from cljax.hparams import gridable
 from cljax.models import build_model
 from cljax.models.pretrained import merge_pretrained, restore_params
 from cljax.scenarios import DataError, Dataset, Scenario, build_scenario, load_dataset, nc_capacity
-from cljax.hparams import gridable
 from cljax.strategies import Strategy, StreamShape, make_strategy, strategy_spec
 
 
