@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cljax.config import ConfigError, base_config, validate
+from cljax.config import ConfigError, base_config, strategy_hparams, validate
 from cljax.engine import MASKED_LOGIT, TrainState
 from cljax.experiment import StrategyJob, run_stream
 from cljax.models import HEAD
@@ -306,3 +306,18 @@ def test_rehearsal_beats_naive_on_split_digits(digits, naive_accuracy, name):
     accuracy = final_accuracy(digits, name)
     assert naive_accuracy < 0.3
     assert accuracy > naive_accuracy + 0.35, (name, accuracy, naive_accuracy)
+
+
+@pytest.mark.parametrize("name", ["rehe", "gem", "icarl"])
+def test_core50_nc_config_takes_a_rehearsal_strategy_and_memory_size(name):
+    """Fig. 9 left: a rehearsal strategy with its memory, trained with Naive's Table 4 cells."""
+    from tests.test_paper_configs import load_config
+
+    config = load_config("core50_nc", f"{name},googlenet,4500")
+    validate(config)
+    hp = strategy_hparams(config, name)
+    assert config.strategies == name and hp.memory_size == 4500.0
+    assert (hp.epochs_first, hp.lr_first, hp.epochs, hp.lr) == (4, 0.005, 2, 0.0003)  # Table 4, Naive, GoogLeNet
+    assert load_config("core50_nc", f"{name},caffenet")[name].memory_size == 2500.0
+    with pytest.raises(ConfigError, match="memory='4500' .* is only for rehe, gem, icarl"):
+        load_config("core50_nc", "ar1,googlenet,4500")
