@@ -28,10 +28,11 @@ from cljax import checkpoint, compile_time, diagnostics, engine, mesh, metrics, 
 from cljax import grid as grid_lib
 from cljax.config import ConfigError, strategy_grid, strategy_hparams, strategy_names, validate, validate_point
 from cljax.files import write_json_atomic  # also re-exported: the results writer
+from cljax.hparams import gridable
 from cljax.models import build_model
 from cljax.models.pretrained import merge_pretrained, restore_params
 from cljax.scenarios import DataError, Dataset, Scenario, build_scenario, load_dataset, nc_capacity
-from cljax.strategies import Strategy, make_strategy, strategy_spec
+from cljax.strategies import Strategy, StreamShape, make_strategy, strategy_spec
 
 
 def data_capacity(dataset: Dataset, config, union: bool) -> int:
@@ -170,9 +171,12 @@ class StrategyJob:
         dataset: Dataset,
         progress: monitor.ProgressDisplay | None = None,
         points: list[dict[str, Any]] | None = None,
+        num_batches: int | None = None,
     ) -> StrategyJob:
         """The job of strategy ``name``: its grid points are the config's grid, or ``points`` (a list of
-        {field: value} of traced fields, e.g. values that are not a product of axes)."""
+        {field: value} of traced fields, e.g. values that are not a product of axes). ``num_batches``
+        (T; None: from run 0's stream) and the dataset size the states of the strategies that need
+        them (``StreamShape``: the rehearsal memories)."""
         spec = strategy_spec(name)
         if points is None:
             points = strategy_grid(config, name)
@@ -182,7 +186,13 @@ class StrategyJob:
                 validate_point(config, name, point)
         merged = [strategy_hparams(config, name, point) for point in points]
         static = {k: merged[0][k] for k in spec.static_hparams(merged[0])}
-        strategy = make_strategy(name, static)
+        if num_batches is None:
+            num_batches = build_scenario(config, 0, dataset).num_batches
+        grid_max = {k: max(float(m[k]) for m in merged) for k in spec.traced_names() if gridable(spec.hparams[k])}
+        shape = StreamShape(
+            tuple(dataset.input_shape), str(dataset.train_x.dtype), dataset.num_classes, num_batches, grid_max
+        )
+        strategy = make_strategy(name, static, stream=shape)
         first = merged[0]  # training fields that fix the program (batch size, optimizer) are not gridded
         model = build_model(config, dataset.num_classes)
         tx = strategy.transform(engine.make_optimizer(first.optimizer, first.momentum))
@@ -621,8 +631,9 @@ def run_job(
     primary = is_primary()
     jobs = {}
     display = monitor.ProgressDisplay() if show_progress and primary else None
+    num_batches = build_scenario(config, 0, dataset).num_batches
     for name in names:  # builds every program (and checks init_checkpoint) before anything is written
-        jobs[name] = StrategyJob.build(config, name, dataset, display)
+        jobs[name] = StrategyJob.build(config, name, dataset, display, num_batches=num_batches)
     if config.overwrite and primary:
         clear_workdir(workdir)
     elif not config.overwrite:
@@ -647,7 +658,6 @@ def run_job(
             values = {k: event[k] for k in ("accuracy", "seen_accuracy", "loss", "seconds")}
             scalars.scalars(event["strategy"], event["run"], event["batch"] + 1, values)
 
-    num_batches = build_scenario(config, 0, dataset).num_batches
     chunk_index = 0
     for name in names:
         job, started, compiled = jobs[name], time.perf_counter(), clock.snapshot()

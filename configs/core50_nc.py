@@ -1,6 +1,12 @@
-"""CORe50 SIT-NC with the paper's hyperparameters (sec. 4.2, App. C Table 4); argument ``strategy,model``.
+"""CORe50 SIT-NC with the paper's hyperparameters (sec. 4.2, App. C Table 4); argument ``strategy,model[,memory]``.
 
 python -m cljax.main --config=configs/core50_nc.py:ar1,googlenet --config.data_dir=DIR --workdir=runs/core50_ar1
+python -m cljax.main --config=configs/core50_nc.py:icarl,googlenet,2500 --config.data_dir=DIR --workdir=runs/icarl
+
+Rehearsal (sec. 4.4, Fig. 9 left): ``strategy`` rehe | gem | icarl with a ``memory`` size (Fig. 9:
+2500, 4500, 7500 patterns; default 2500). Table 4 has no column for them: they train with Naive's
+cells of the model's column (epochs and learning rates), the plain fine-tuning they add their
+memory to.
 
 ``strategy``: naive | cumulative | lwf | ewc | si | cwr | cwr_plus | ar1 | all (the eight,
 each with its own Table 4 column). ``model``: caffenet | googlenet (Table 4's
@@ -26,8 +32,15 @@ BATCH_SIZE = {"caffenet": 256, "googlenet": 64, "nin": 256}  # Table 2
 TABLE_COLUMN = {"caffenet": "caffenet", "googlenet": "googlenet", "nin": "caffenet"}
 
 
+REHEARSAL = ("rehe", "gem", "icarl")  # sec. 4.4
+FIG_9_MEMORY = 2500  # the smallest of Fig. 9's memories
+
+
 def get_config(arg: str = "ar1,googlenet"):
     strategy, _, model = arg.partition(",")
+    model, _, memory = model.partition(",")
+    if memory and strategy not in REHEARSAL:
+        raise ConfigError(f"memory={memory!r} (argument strategy,model,memory) is only for {', '.join(REHEARSAL)}")
     if model not in TABLE_COLUMN:
         raise ConfigError(f"model={model!r} (argument strategy,model) is unknown; allowed: {', '.join(TABLE_COLUMN)}")
     c = base_config()
@@ -38,7 +51,7 @@ def get_config(arg: str = "ar1,googlenet"):
     c.test_set = "full"  # sessions 3, 7, 10
     c.num_runs = 10  # the official runs 0-9
     c.model = model
-    c.strategies = parse_strategies(strategy)
+    c.strategies = strategy if strategy in REHEARSAL else parse_strategies(strategy)
     c.batch_size = BATCH_SIZE[model]
     c.optimizer = "sgd"
     c.momentum = 0.9
@@ -46,4 +59,11 @@ def get_config(arg: str = "ar1,googlenet"):
     apply_table(c, {name: columns[TABLE_COLUMN[model]] for name, columns in TABLE_4.items()})
     c.ewc.fisher = "minibatch"  # App. A: mini-batch gradients of 256 patterns
     c.ewc.fisher_batch_size = 256
+    if strategy in REHEARSAL:
+        naive = TABLE_4["naive"][TABLE_COLUMN[model]]
+        apply_table(c, {strategy: {k: v for k, v in naive.items() if k != "head"}})
+        try:
+            c[strategy].memory_size = float(memory) if memory else float(FIG_9_MEMORY)
+        except ValueError:
+            raise ConfigError(f"memory={memory!r} (argument strategy,model,memory) is not a number") from None
     return c

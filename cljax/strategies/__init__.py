@@ -1,12 +1,21 @@
-"""Strategy registry: name -> ``StrategySpec`` (factory and hyperparameters, one file each)."""
+"""Strategy registry: name -> ``StrategySpec`` (factory and hyperparameters, one file each).
+
+A factory receives its static hyperparameters; strategies whose state is sized by the stream
+(the rehearsal memories of sec. 4.4) also read ``hparams["stream"]``, a ``StreamShape`` (input
+shape and dtype, classes, batches, largest traced values over the grid points) that
+``StrategyJob.build`` passes through ``make_strategy(..., stream=...)``; the others ignore it.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from cljax.strategies import ar1, cumulative, cwr, cwr_plus, ewc, lwf, naive, si
+from cljax.hparams import gridable
+from cljax.strategies import ar1, cumulative, cwr, cwr_plus, ewc, gem, icarl, lwf, naive, rehe, si
 from cljax.strategies.base import BatchContext, Strategy, StrategySpec
+from cljax.strategies.memory import STREAM, StreamShape
 
 STRATEGIES: dict[str, StrategySpec] = {
     "naive": naive.SPEC,
@@ -17,6 +26,9 @@ STRATEGIES: dict[str, StrategySpec] = {
     "cwr": cwr.SPEC,
     "cwr_plus": cwr_plus.SPEC,
     "ar1": ar1.SPEC,
+    "rehe": rehe.SPEC,
+    "gem": gem.SPEC,
+    "icarl": icarl.SPEC,
 }
 
 
@@ -26,12 +38,17 @@ def strategy_spec(name: str) -> StrategySpec:
     return STRATEGIES[name]
 
 
-def make_strategy(name: str, hparams: Mapping[str, Any] | None = None) -> Strategy:
-    """The strategy ``name`` built from its static hyperparameters (defaults where absent)."""
+def make_strategy(name: str, hparams: Mapping[str, Any] | None = None, stream: StreamShape | None = None) -> Strategy:
+    """The strategy ``name`` built from its static hyperparameters (defaults where absent) and, for
+    the strategies that size their state by it, the ``stream`` (under ``hparams["stream"]``)."""
     spec = strategy_spec(name)
     values = {k: p.default for k, p in spec.hparams.items()}
     values.update(hparams or {})
-    return spec.factory(spec.static_hparams(values))
+    static = spec.static_hparams(values)
+    if stream is not None:  # traced values not given by a grid: this strategy's own
+        own = {k: float(values[k]) for k in spec.traced_names() if gridable(spec.hparams[k])}
+        static[STREAM] = dataclasses.replace(stream, largest={**own, **stream.largest})
+    return spec.factory(static)
 
 
 def default_hparams(name: str) -> dict[str, Any]:
@@ -44,6 +61,7 @@ __all__ = [
     "BatchContext",
     "Strategy",
     "StrategySpec",
+    "StreamShape",
     "default_hparams",
     "make_strategy",
     "strategy_spec",

@@ -1,0 +1,186 @@
+"""iCaRL, Incremental Classifier and Representation Learning (Rebuffi et al. 2017), as the paper compares it (sec. 4.4).
+
+- Representation learning: the training set of B_i is B_i together with the stored exemplars;
+  the loss is sigmoid binary cross-entropy over every output (mean over classes, as the
+  authors' code), with the one-hot label as target for the classes that are not old and, for
+  the old classes (seen before B_i), the sigmoid outputs of the network as it was before B_i
+  (distillation). Those outputs are computed once, before training, for every row of B_i and
+  every exemplar.
+- Memory: after B_i it holds m = ⌊memory_size / t⌋ exemplars per class (t the classes seen), so
+  it fills its budget after every batch. Old classes keep their first m exemplars; the classes of
+  B_i get theirs by *herding* on L2-normalised features of the trained network (iCaRL Alg. 4:
+  the k-th exemplar is the example that brings the mean of the first k closest to the class mean).
+- Classification: the nearest mean of exemplars (iCaRL Alg. 1): the class whose normalised mean
+  of normalised exemplar features is closest to the input's normalised features.
+
+With fixed shapes, "B_i together with the exemplars" is trained in expectation: each SGD step
+takes the mini-batch of B_i plus as many exemplars drawn uniformly from the memory, each exemplar
+weighted |memory| / |B_i|, so the weighted mean loss is an unbiased estimate of the mean loss over
+the union (the authors' epochs over the union take |memory| / |B_i| more steps).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from cljax.engine import MASKED_LOGIT, LossAndGrad, TrainState, chunked_map
+from cljax.hparams import positive
+from cljax.strategies import memory as mem
+from cljax.strategies.base import BatchContext, Data, Strategy, StrategySpec
+from cljax.strategies.head import head_of
+
+HPARAMS = {
+    "memory_size": positive(500, "exemplars the memory holds after every batch: memory_size / t per class"),
+}
+OLD_OUTPUTS = "old_outputs"  # key of the per-example [C] sigmoid outputs of the network before B_i
+CHUNK = 1000  # examples per forward pass over a batch or the memory (bounded memory)
+HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def normalise(f_NxD: jax.Array) -> jax.Array:
+    return f_NxD / jnp.maximum(jnp.linalg.norm(f_NxD, axis=-1, keepdims=True), 1e-12)
+
+
+def features(apply_fn, params, x: jax.Array, chunk: int = CHUNK) -> jax.Array:
+    """L2-normalised penultimate features, ``chunk`` rows at a time."""
+    return chunked_map(lambda xs: normalise(apply_fn(params, xs, train=False, method="features")), chunk, x)
+
+
+def herding_ranks(
+    f_NxD: jax.Array, labels_N: jax.Array, eligible_N: jax.Array, quota: jax.Array, num_classes: int
+) -> jax.Array:
+    """Herding (iCaRL Alg. 4) for every class at once: the rank at which each row is chosen as an
+    exemplar of its class, -1 if it is not among the first ``quota``.
+
+    Step k picks, in each class, the row p minimising ‖μ − (f(p) + Σ_{j<k} f(p_j)) / (k + 1)‖, μ the
+    class mean of the ``eligible`` rows' features (ties: the lowest row)."""
+    n = labels_N.shape[0]
+    labels = jnp.where(eligible_N, labels_N, 0)
+    weight = eligible_N.astype(f_NxD.dtype)[:, None]
+    count = jax.ops.segment_sum(eligible_N.astype(jnp.int32), labels, num_classes)
+    mean = jax.ops.segment_sum(f_NxD * weight, labels, num_classes) / jnp.maximum(count, 1)[:, None]
+    steps = jnp.minimum(quota, jnp.max(count))
+
+    def body(k, carry):
+        ranks, chosen_sum = carry
+        candidate = (chosen_sum[labels] + f_NxD) / (k + 1)
+        distance = jnp.sum((candidate - mean[labels]) ** 2, axis=-1)
+        distance = jnp.where(eligible_N & (ranks < 0), distance, jnp.inf)
+        best = jax.ops.segment_min(distance, labels, num_classes)
+        winner = jnp.isfinite(distance) & (distance == best[labels])
+        row = jax.ops.segment_min(jnp.where(winner, jnp.arange(n), n), labels, num_classes)  # [C]; n = none left
+        picked = jnp.zeros((n + 1,), bool).at[row].set(True)[:n]
+        ranks = jnp.where(picked, k, ranks)
+        chosen_sum = chosen_sum + jax.ops.segment_sum(f_NxD * picked[:, None], labels, num_classes)
+        return ranks, chosen_sum
+
+    init = (jnp.full((n,), -1, jnp.int32), jnp.zeros_like(mean))
+    ranks, _ = jax.lax.fori_loop(0, steps, body, init)
+    return ranks
+
+
+def class_means(f_SxD: jax.Array, memory: mem.Memory, num_classes: int) -> tuple[jax.Array, jax.Array]:
+    """Normalised mean of each class's exemplar features [C, D], and which classes have exemplars [C]."""
+    sums = jax.ops.segment_sum(f_SxD * memory.valid[:, None], memory.y, num_classes)
+    return normalise(sums), mem.counts(memory, memory.y, num_classes) > 0
+
+
+def nearest_mean_scores(f_NxD: jax.Array, means_CxD: jax.Array, has_mean_C: jax.Array) -> jax.Array:
+    """−‖f − μ_c‖² per class (higher is nearer); classes without exemplars are never chosen."""
+    squared = (
+        jnp.sum(f_NxD**2, axis=-1, keepdims=True)
+        - 2 * jnp.dot(f_NxD, means_CxD.T, precision=HIGHEST)
+        + jnp.sum(means_CxD**2, axis=-1)
+    )
+    return jnp.where(has_mean_C, -squared, MASKED_LOGIT)
+
+
+def icarl_loss(logits_BxC: jax.Array, batch: Data, strategy_state: dict[str, Any]) -> jax.Array:
+    """Per example: mean over classes of the sigmoid binary cross-entropy, targets one-hot except for
+    the old classes, whose targets are the old network's sigmoid outputs (distillation)."""
+    onehot = jax.nn.one_hot(batch["y"], logits_BxC.shape[-1], dtype=logits_BxC.dtype)
+    targets = jnp.where(strategy_state["old_classes"], batch[OLD_OUTPUTS], onehot)
+    return jnp.mean(optax.sigmoid_binary_cross_entropy(logits_BxC, targets), axis=-1)
+
+
+def replay_union(state: TrainState, mini: Data, weights_B: jax.Array, key: jax.Array, loss_and_grad: LossAndGrad):
+    """The mini-batch of B_i plus as many exemplars, each weighted |memory| / |B_i|."""
+    s = state.strategy_state
+    idx, drawn = mem.sample(s["memory"], key, weights_B.shape[0])
+    stored = {**mem.as_minibatch(s["memory"], idx, mini), OLD_OUTPUTS: s[OLD_OUTPUTS][idx]}
+    weights = jnp.concatenate([weights_B, drawn * s["exemplar_weight"]])
+    return loss_and_grad(state.params, mem.concat(mini, stored), weights)
+
+
+def distillation_targets(state: TrainState, ctx: BatchContext) -> tuple[TrainState, Data]:
+    """Before B_i: the network's sigmoid outputs on B_i and on the exemplars, the old classes, and
+    the weight of an exemplar in the union."""
+    s = state.strategy_state
+    outputs = lambda x: chunked_map(lambda xs: jax.nn.sigmoid(ctx.apply_fn(state.params, xs, train=False)), CHUNK, x)
+    memory = s["memory"]
+    stored = jnp.sum(memory.valid).astype(jnp.float32)
+    new = {
+        **s,
+        OLD_OUTPUTS: outputs(memory.x),
+        "old_classes": ctx.seen_classes & ~ctx.classes,
+        "exemplar_weight": stored / jnp.maximum(ctx.num_examples, 1).astype(jnp.float32),
+    }
+    return state._replace(strategy_state=new), {OLD_OUTPUTS: outputs(ctx.data["x"])}
+
+
+def update_exemplars(state: TrainState, ctx: BatchContext) -> TrainState:
+    """After B_i: m = ⌊memory_size / t⌋ per class; old classes keep their first m exemplars, B_i's
+    classes get m by herding; then the class means of the nearest-mean classifier."""
+    s = state.strategy_state
+    num_classes = ctx.classes.shape[0]
+    memory = s["memory"]
+    quota = jnp.floor(ctx.hparams["memory_size"] / jnp.maximum(jnp.sum(ctx.seen_classes), 1)).astype(jnp.int32)
+    memory = mem.keep_first(memory, quota)
+    memory = memory._replace(valid=memory.valid & ~ctx.classes[memory.y])  # B_i's classes are herded anew
+    x, y = ctx.data["x"], ctx.data["y"]
+    eligible = (jnp.arange(y.shape[0]) < ctx.num_examples) & ctx.classes[y]
+    ranks = herding_ranks(features(ctx.apply_fn, state.params, x), y, eligible, quota, num_classes)
+    memory = mem.insert(memory, ctx.data, ranks, ranks >= 0, ctx.index)
+    means, has_mean = class_means(features(ctx.apply_fn, state.params, memory.x), memory, num_classes)
+    return state._replace(strategy_state={**s, "memory": memory, "class_means": means, "has_mean": has_mean})
+
+
+def nearest_mean_logits(state: TrainState, x: jax.Array, apply_fn) -> jax.Array:
+    s = state.strategy_state
+    f = normalise(apply_fn(state.params, x, train=False, method="features"))
+    return nearest_mean_scores(f, s["class_means"], s["has_mean"])
+
+
+def icarl(hparams: Mapping[str, Any] | None = None) -> Strategy:
+    stream = mem.stream_shape(hparams, "icarl")
+    slots = mem.memory_slots(stream.largest["memory_size"])
+    num_classes = stream.num_classes
+
+    def init(params):
+        width = head_of(params)["kernel"].shape[0]  # D, the penultimate features
+        return {
+            "memory": mem.empty_memory(slots, stream),
+            OLD_OUTPUTS: jnp.zeros((slots, num_classes), jnp.float32),
+            "old_classes": jnp.zeros((num_classes,), bool),
+            "exemplar_weight": jnp.zeros((), jnp.float32),
+            "class_means": jnp.zeros((num_classes, width), jnp.float32),
+            "has_mean": jnp.zeros((num_classes,), bool),
+        }
+
+    return Strategy(
+        name="icarl",
+        init=init,
+        before_batch=distillation_targets,
+        after_batch=update_exemplars,
+        loss=icarl_loss,
+        logits=nearest_mean_logits,
+        gradients=replay_union,
+    )
+
+
+SPEC = StrategySpec(icarl, HPARAMS, doc="iCaRL: herding exemplars, distillation, nearest mean of exemplars (sec. 4.4)")
