@@ -397,6 +397,7 @@ def train_chunk(
                                 "num_batches": num_batches,
                                 "accuracy": record["accuracy"][-1],
                                 "seen_accuracy": record["seen_accuracy"][-1],
+                                "accuracy_matrix_row": record["accuracy_matrix"][-1],
                                 "loss": record["loss"][-1],
                                 "seconds": seconds,
                             }
@@ -566,8 +567,7 @@ def run_experiment(
     def on_batch(event: dict) -> None:
         log(event)
         if scalars is not None:
-            values = {k: event[k] for k in ("accuracy", "seen_accuracy", "loss", "seconds")}
-            scalars.scalars(event["strategy"], event["run"], event["batch"] + 1, values)
+            scalars.batch(event)
 
     num_batches = build_scenario(config, 0, dataset).num_batches
     chunk_index = 0

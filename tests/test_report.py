@@ -11,9 +11,11 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import matplotlib.colors as mcolors
 import matplotlib.image
 import numpy as np
 import pytest
+from matplotlib.colors import LogNorm
 
 from cljax import diagnostics, engine, experiment, report
 from cljax.config import base_config
@@ -94,7 +96,7 @@ def embedded_pictures(markdown: str) -> list[str]:
 
 def test_every_picture_is_a_valid_png_and_embedded(workdir):
     out = workdir / "report"
-    expected = {"accuracy.png", "confusion_matrices.png", "weight_change.png", "importance.png"}
+    expected = {"accuracy.png", "accuracy_matrix.png", "confusion_matrices.png", "weight_change.png", "importance.png"}
     assert expected <= set(os.listdir(out))
     markdown = (out / "report.md").read_text()
     assert set(embedded_pictures(markdown)) == expected
@@ -188,6 +190,93 @@ def test_ordered_confusion_puts_the_stream_order_first_and_normalises_rows():
     assert report.ordered_confusion(np.zeros((2, 2)), [0, 1]).sum() == 0  # empty rows stay zero
 
 
+def test_accuracy_matrix_heatmap_is_the_mean_of_results_json(workdir):
+    results = load_json(workdir / "results.json")
+    for entry in results["strategies"].values():
+        r = report.mean_accuracy_matrix(entry)
+        runs = [np.array(run["accuracy_matrix"]) for run in entry["runs"]]
+        assert r.shape == (3, 3)
+        for i in range(3):
+            for j in range(3):
+                assert r[i, j] == pytest.approx((runs[0][i, j] + runs[1][i, j]) / 2)
+        # BWT is linear in R: the mean over runs of each run's BWT is the BWT of the mean matrix.
+        assert entry["summary"]["bwt_mean"] == pytest.approx(np.mean([r[-1, j] - r[j, j] for j in range(2)]))
+    diverged = {"runs": [{**results["strategies"]["naive"]["runs"][0], "diverged": {"batch": 1}}]}
+    assert report.mean_accuracy_matrix(diverged) is None  # diverged runs are left out, as in the tables
+
+
+def test_mosaic_puts_each_block_at_its_origin_with_blank_gaps():
+    blocks = [np.full((2, 3), k, np.float64) for k in range(5)] + [np.ones((1, 2))]
+    image, origins = report.mosaic(blocks, cols=4)
+    assert image.shape == (2 * 2 + 1, 4 * 3 + 3)
+    assert origins == [(0, 0), (0, 4), (0, 8), (0, 12), (3, 0), (3, 4)]
+    for block, (y, x) in zip(blocks, origins, strict=True):
+        h, w = block.shape
+        np.testing.assert_array_equal(image[y : y + h, x : x + w], block)
+    assert np.isnan(image).sum() == image.size - sum(b.size for b in blocks)  # the rest is blank
+
+
+def test_confusion_mosaic_rows_are_the_ordered_matrices(workdir):
+    """The confusion picture's image: a row of blocks per strategy, block t = the stream-ordered,
+    row-normalised matrix after B_t, tick labels = the class ids in stream order."""
+    results = diagnostics.read_results(str(workdir))
+    run = results["strategies"]["naive"]["runs"][0]
+    order, boundaries = report.stream_order(run["batch_classes"], 10)
+    assert list(order[:4]) == [c for batch in run["batch_classes"][:2] for c in batch]
+    assert boundaries == list(np.cumsum([len(batch) for batch in run["batch_classes"]]))  # 3 x 2 of the 10 classes
+    blocks = [report.ordered_confusion(cm, order) for cm in run["confusion_matrices"]]
+    image, origins = report.mosaic(blocks, cols=3)
+    for t, (y, x) in enumerate(origins):
+        cm = np.asarray(run["confusion_matrices"][t], np.float64)
+        for a, i in enumerate(order):
+            np.testing.assert_allclose(image[y + a, x : x + 10], cm[i, order] / cm[i].sum())
+
+
+def test_twelve_entries_get_twelve_distinct_colours_and_markers():
+    names = ["naive", "cumulative", "lwf", "ewc", "si", "cwr", "cwr_plus", "ar1"]
+    names += ["ewc[strength=1000]", "ewc[strength=100000]", "si[c=0.1]", "si[c=1]"]
+    styles = report.strategy_styles(names)
+    assert list(styles) == names
+    assert len({colour for colour, _ in styles.values()}) == 12
+    assert len({marker for _, marker in styles.values()}) == 12
+    assert len({mcolors.to_rgb(colour) for colour, _ in styles.values()}) == 12  # real, different colours
+    # A prefix keeps its styles (a strategy looks the same in a smaller job), and past 12 the pairs stay distinct.
+    assert report.strategy_styles(names[:3]) == {n: styles[n] for n in names[:3]}
+    many = report.strategy_styles([f"s{k}" for k in range(60)])
+    assert len(set(many.values())) == 60
+
+
+def test_weight_change_log_scale_shows_every_layer_that_moved(workdir):
+    results = diagnostics.read_results(str(workdir))
+    maps = [report.mean_weight_change(e)[1] for e in results["strategies"].values()]
+    vmin, vmax = report.weight_change_range(maps)
+    norm = LogNorm(vmin, vmax)
+    positive = np.concatenate([m[m > 0] for m in maps])
+    assert positive.size and vmin == positive.min() and vmax == positive.max()
+    # Every layer that moved lands on the colour scale (none clipped to its ends or below it) ...
+    for m in maps:
+        shown = norm(report.log_scale_cells(m, vmin))
+        assert np.all((shown[m > 0] >= 0) & (shown[m > 0] <= 1))
+        assert np.all(shown[m == 0] < 0)  # ... and exact zeros fall below it: the "unchanged" colour
+    # Equal ratios get equal colour steps: a layer moving 100x less than the head is half-way, not black.
+    norm = LogNorm(*report.weight_change_range([np.array([[1e-2, 1e-3], [1e-4, 0.0]])]))
+    np.testing.assert_allclose(norm([1e-4, 1e-3, 1e-2]), [0.0, 0.5, 1.0])
+    assert report.weight_change_range([np.zeros((2, 2))])[0] > 0  # nothing moved: still a valid log scale
+
+
+def test_importance_shares_are_the_histograms_first_cell(workdir):
+    results = diagnostics.read_results(str(workdir))
+    imp = report.mean_importance(results["strategies"]["toy"])
+    shares = report.importance_shares(imp)
+    num_weights = 8 * 64 + 8 + 8 * 10 + 10
+    with np.load(workdir / "diagnostics_toy.npz") as npz:
+        np.testing.assert_allclose(shares["F_below"], npz["importance_F"][:, :, 0].mean(axis=0) / num_weights)
+        np.testing.assert_allclose(shares["F_hat_below"], npz["importance_F_hat"][:, :, 0].mean(axis=0) / num_weights)
+        np.testing.assert_allclose(shares["saturated"], npz["importance_saturated"].mean(axis=0))
+    # F̂ = min(F, max_F) changes no value below the first bin edge.
+    np.testing.assert_allclose(shares["F_below"], shares["F_hat_below"])
+
+
 def test_weight_change_and_confusion_matrices_match_numpy():
     """Runs a stream, keeps the state after every batch, then recomputes both diagnostics with NumPy."""
     config = tiny_config("naive", 1)
@@ -221,7 +310,7 @@ def test_weight_change_and_confusion_matrices_match_numpy():
 def test_one_strategy_one_run(single_workdirs):
     sit, _ = single_workdirs
     out = sit / "report"
-    for name in ("accuracy.png", "confusion_matrices.png", "weight_change.png"):
+    for name in ("accuracy.png", "accuracy_matrix.png", "confusion_matrices.png", "weight_change.png"):
         assert_valid_png(out / name)
     assert not (out / "importance.png").exists()  # naive has no importance
     markdown = (out / "report.md").read_text()
@@ -262,12 +351,22 @@ def test_command_line(single_workdirs, tmp_path):
 
 def test_tensorboard_directory_only_when_the_package_is_installed(workdir):
     try:
-        import tensorboard  # noqa: F401
+        from tensorboard.backend.event_processing import event_accumulator
     except ImportError:
         assert not (workdir / "tensorboard").exists()
-    else:
-        for name in ("naive", "toy"):
-            for r in (0, 1):
-                assert any(
-                    f.startswith("events.out.tfevents") for f in os.listdir(workdir / "tensorboard" / name / f"run_{r}")
-                )
+        return
+    results = load_json(workdir / "results.json")
+    for name in ("naive", "toy"):
+        for r in (0, 1):
+            events = event_accumulator.EventAccumulator(str(workdir / "tensorboard" / name / f"run_{r}"))
+            events.Reload()
+            record = results["strategies"][name]["runs"][r]
+
+            def curve(tag, events=events):
+                return [(e.step, float(e.tensor_proto.float_val[0])) for e in events.Tensors(tag)]
+
+            assert curve("loss") == [(i + 1, pytest.approx(v)) for i, v in enumerate(record["loss"])]
+            # Each batch's accuracy-matrix row R[i, :]: one curve per B_j, step i.
+            for j in range(3):
+                column = [row[j] for row in record["accuracy_matrix"]]
+                assert curve(f"accuracy_matrix/B{j + 1}") == [(i + 1, pytest.approx(v)) for i, v in enumerate(column)]
