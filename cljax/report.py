@@ -348,10 +348,10 @@ def side_colorbar(fig: Figure, axes: np.ndarray, mappable: Any, label: str) -> A
     return bar
 
 
-def plot_accuracy(results: dict, path: str) -> bool:
+def accuracy_figure(results: dict) -> Figure | None:
     strategies = {n: e for n, e in results["strategies"].items() if complete_runs(e)}
     if not strategies:
-        return False
+        return None
     styles = strategy_styles(list(results["strategies"]))
     labels = {n: f"{n} ({runs_label(e)})" for n, e in strategies.items()}
     legend_width = 0.6 + 0.06 * max(len(label) for label in labels.values())
@@ -374,14 +374,13 @@ def plot_accuracy(results: dict, path: str) -> bool:
     handles, names = axes[0, 0].get_legend_handles_labels()
     right = axes[0, 1].get_position().x1
     fig.legend(handles, names, loc="center left", bbox_to_anchor=(right + 0.01, 0.5), fontsize=FONT + 1, frameon=False)
-    save_figure(fig, path)
-    return True
+    return fig
 
 
-def plot_accuracy_matrix(results: dict, path: str) -> bool:
+def accuracy_matrix_figure(results: dict) -> Figure | None:
     mats = {n: m for n, e in results["strategies"].items() if (m := mean_accuracy_matrix(e)) is not None}
     if not mats:
-        return False
+        return None
     num_batches = max(len(m) for m in mats.values())
     image, origins = mosaic(list(mats.values()), cols=min(len(mats), 4))
     cell = max(0.32, 2.0 / num_batches)
@@ -400,18 +399,17 @@ def plot_accuracy_matrix(results: dict, path: str) -> bool:
     ax.set_ylabel("after training on batch B_i", fontsize=FONT + 1)
     figure_title(fig, "accuracy matrix R[i, j] (mean over runs)")
     side_colorbar(fig, ax, colours, "accuracy")
-    save_figure(fig, path)
-    return True
+    return fig
 
 
-def plot_confusion(results: dict, path: str) -> bool:
+def confusion_figure(results: dict) -> Figure | None:
     rows = []
     for name, entry in results["strategies"].items():
         runs = entry.get("runs", [])
         if runs and runs[0].get("confusion_matrices"):
             rows.append((name, runs[0]))
     if not rows:
-        return False
+        return None
     num_classes = len(rows[0][1]["confusion_matrices"][0])
     num_batches = max(len(run["confusion_matrices"]) for _, run in rows)
     orders = [stream_order(run["batch_classes"], num_classes) for _, run in rows]
@@ -424,7 +422,7 @@ def plot_confusion(results: dict, path: str) -> bool:
     cell = float(np.clip(1.3 / num_classes, 0.04, 0.13))  # inches: a matrix is 1.3 in, up to 3 in for 75+ classes
     image, origins = mosaic(blocks, cols=num_batches, gap=int(np.ceil(0.12 / cell)))
     name_width = 0.3 + 0.06 * max(len(name) for name, _ in rows)
-    fig, ax = mosaic_axes(image, (cell, cell), (name_width, 1.0, 0.55, 0.6))
+    fig, ax = mosaic_axes(image, (cell, cell), (name_width, 1.0, 0.55, 0.75))
     colours = ax.imshow(image, vmin=0.0, vmax=1.0, cmap=colormaps["viridis"].with_extremes(bad="white"))
     # Batch boundaries of every matrix: one line collection per direction for the whole picture.
     hlines, vlines = [], []
@@ -462,18 +460,17 @@ def plot_confusion(results: dict, path: str) -> bool:
     ax.set_xlabel("predicted class", fontsize=FONT + 1)
     figure_title(
         fig,
-        "confusion matrices after each batch, run 0 (rows: true class, columns: predicted class; classes in "
-        "stream order, B_1's first; lines between batches)",
+        "confusion matrices of run 0 after each batch\nrows: true class, columns: predicted class, both in "
+        "stream order (B_1's classes first); lines between batches",
     )
     side_colorbar(fig, ax, colours, "fraction of the true class")
-    save_figure(fig, path)
-    return True
+    return fig
 
 
-def plot_weight_change(results: dict, path: str) -> bool:
+def weight_change_figure(results: dict) -> Figure | None:
     maps = {n: wc for n, e in results["strategies"].items() if (wc := mean_weight_change(e)) is not None}
     if not maps:
-        return False
+        return None
     vmin, vmax = weight_change_range([values for _, values in maps.values()])
     blocks = [log_scale_cells(values, vmin) for _, values in maps.values()]
     image, origins = mosaic(blocks, cols=min(len(maps), 4))
@@ -490,14 +487,13 @@ def plot_weight_change(results: dict, path: str) -> bool:
     side_colorbar(fig, ax, colours, "mean |Δθ| (log scale)")
     zero = Patch(color=ZERO_COLOUR, label="0 (unchanged)")
     fig.legend(handles=[zero], loc="lower right", bbox_to_anchor=(1.0, 0.0), fontsize=FONT, frameon=False)
-    save_figure(fig, path)
-    return True
+    return fig
 
 
-def plot_importance(results: dict, path: str) -> bool:
+def importance_figure(results: dict) -> Figure | None:
     stats = {n: imp for n, e in results["strategies"].items() if (imp := mean_importance(e)) is not None}
     if not stats:
-        return False
+        return None
     edges = diagnostics.IMPORTANCE_BIN_EDGES
     num_batches = max(len(imp["F"]) for imp in stats.values())
     # One x range for every panel: the occupied bins (cells 1..-2 are the bins between the edges).
@@ -521,8 +517,7 @@ def plot_importance(results: dict, path: str) -> bool:
         shares = importance_shares(imp)
         for ax, key, symbol in ((axes[s, 0], "F", "F (raw)"), (axes[s, 1], "F_hat", "F̂ (used by the penalty)")):
             for t, counts in enumerate(imp[key]):
-                below = f"{shares['F_below'][t]:.1%}, {shares['F_hat_below'][t]:.1%}"
-                label = f"B{t + 1}: {shares['saturated'][t]:.2%}; {below}"
+                label = f"B{t + 1}: {shares['saturated'][t]:.2%} at max_F, {shares[f'{key}_below'][t]:.1%} below"
                 ax.plot(
                     *histogram_steps(counts[1:-1], edges, floor), color=batch_colours[t], linewidth=1.0, label=label
                 )
@@ -536,7 +531,7 @@ def plot_importance(results: dict, path: str) -> bool:
         axes[s, 1].legend(
             handles,
             labels,
-            title=f"after batch: share of F̂ at max_F;\nshare of F, F̂ below {edges[0]:.0e} (0 incl.)",
+            title=f"F̂ after batch B_i: share at max_F,\nshare below {edges[0]:.0e} (zeros incl.)",
             title_fontsize=FONT,
             loc="center left",
             bbox_to_anchor=(1.03, 0.5),
@@ -546,8 +541,7 @@ def plot_importance(results: dict, path: str) -> bool:
     for ax in axes[-1]:
         ax.set_xlabel("importance value (4 bins per decade)", fontsize=FONT + 1)
     figure_title(fig, "importance distributions after each batch (log axes)")
-    save_figure(fig, path)
-    return True
+    return fig
 
 
 def setting_labels(results: dict, other: dict, workdir: str, compare: str) -> tuple[str, str]:
@@ -734,7 +728,7 @@ def write_report(workdir: str, compare: str | None = None) -> str:
             "Accuracy per batch",
             "accuracy.png",
             "Mean over the complete runs, band ±1 std (Fig. 7-8). Left: fixed test set; right: expanding test set.",
-            plot_accuracy,
+            accuracy_figure,
         ),
         (
             "Accuracy matrix",
@@ -742,21 +736,21 @@ def write_report(workdir: str, compare: str | None = None) -> str:
             "R[i, j]: accuracy on the test classes of B_j after training on B_i, mean over the complete runs "
             "(the matrix behind forgetting and BWT). Below the diagonal: what is kept of earlier batches; "
             "cells without a value are exactly 0.",
-            plot_accuracy_matrix,
+            accuracy_matrix_figure,
         ),
         (
             "Confusion matrices",
             "confusion_matrices.png",
             "After each batch, run 0, classes in its stream order, rows normalised (Fig. 10-12). A vertical band "
             "moving right is forgetting; a sharp band on few classes signals saturated capacity (Fig. 12).",
-            plot_confusion,
+            confusion_figure,
         ),
         (
             "Weight change per layer",
             "weight_change.png",
             "Mean |θ after B_i − θ before B_i| per parameter (of the evaluated model), mean over runs (Fig. 13); "
             "log colour scale shared by all strategies, grey: exactly unchanged (e.g. a frozen body).",
-            plot_weight_change,
+            weight_change_figure,
         ),
         (
             "Importance distribution",
@@ -764,12 +758,14 @@ def write_report(workdir: str, compare: str | None = None) -> str:
             "F (raw accumulated importance) and F̂ (clipped, used by the penalty), one line per batch, log axes, "
             "mean over runs; red line: max_F. Legend: the fraction of F̂ saturated at max_F and of the values "
             "below the first bin (Fig. 4-5).",
-            plot_importance,
+            importance_figure,
         ),
     ]
     pictures = []
-    for title, filename, caption, plot in candidates:
-        if plot(results, os.path.join(out, filename)):
+    for title, filename, caption, draw in candidates:
+        fig = draw(results)
+        if fig is not None:
+            save_figure(fig, os.path.join(out, filename))
             pictures.append((title, filename, caption))
     compare_lines = None
     if compare is not None:

@@ -78,16 +78,16 @@ def main(argv: list[str]) -> None:
         print(f"speed-up: {base / new:.1f}x")
         results = diagnostics.read_results(_WORKDIR.value)
         out = tempfile.mkdtemp(dir=directory)
-        for plot in (
-            report.plot_accuracy,
-            report.plot_accuracy_matrix,
-            report.plot_confusion,
-            report.plot_weight_change,
-            report.plot_importance,
+        for draw in (
+            report.accuracy_figure,
+            report.accuracy_matrix_figure,
+            report.confusion_figure,
+            report.weight_change_figure,
+            report.importance_figure,
         ):
             start = time.perf_counter()
-            plot(results, os.path.join(out, "picture.png"))
-            print(f"  {plot.__name__}: {time.perf_counter() - start:.2f} s")
+            report.save_figure(draw(results), os.path.join(out, "picture.png"))
+            print(f"  {draw.__name__} (drawn and saved): {time.perf_counter() - start:.2f} s")
 
 
 if __name__ == "__main__":

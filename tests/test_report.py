@@ -16,6 +16,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 from matplotlib.colors import LogNorm
+from matplotlib.text import Annotation
 
 from cljax import diagnostics, engine, experiment, report
 from cljax.config import base_config
@@ -275,6 +276,97 @@ def test_importance_shares_are_the_histograms_first_cell(workdir):
         np.testing.assert_allclose(shares["saturated"], npz["importance_saturated"].mean(axis=0))
     # F̂ = min(F, max_F) changes no value below the first bin edge.
     np.testing.assert_allclose(shares["F_below"], shares["F_hat_below"])
+
+
+def tick_texts(labels) -> list[str]:
+    return [label.get_text() for label in labels]
+
+
+def test_accuracy_figure_draws_each_entry_in_its_own_style_with_a_legend(workdir):
+    results = diagnostics.read_results(str(workdir))
+    styles = report.strategy_styles(list(results["strategies"]))
+    fig = report.accuracy_figure(results)
+    fixed, expanding = fig.axes[:2]
+    for ax, panel in ((fixed, "fixed"), (expanding, "expanding")):
+        lines = {line.get_label().split(" (")[0]: line for line in ax.get_lines()}
+        assert list(lines) == ["naive", "toy"]
+        for name, line in lines.items():
+            assert (line.get_color(), line.get_marker()) == styles[name]
+            np.testing.assert_allclose(line.get_ydata(), report.accuracy_curves(results["strategies"][name])[panel][0])
+        assert ax.get_xlabel() == "after batch"
+        assert tick_texts(ax.get_xticklabels()) == ["B1", "B2", "B3"]
+    assert fixed.get_ylabel().startswith("accuracy")
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["naive (2 runs)", "toy (2 runs)"]
+
+
+def test_accuracy_matrix_figure_shows_each_mean_matrix_with_its_values(workdir):
+    results = diagnostics.read_results(str(workdir))
+    fig = report.accuracy_matrix_figure(results)
+    ax = fig.axes[0]
+    image = np.ma.filled(ax.images[0].get_array(), np.nan)
+    mats = [report.mean_accuracy_matrix(e) for e in results["strategies"].values()]
+    expected, origins = report.mosaic(mats, cols=2)
+    np.testing.assert_array_equal(image, expected)
+    values = [t for t in ax.texts if not isinstance(t, Annotation)]  # the block titles are annotations
+    written = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in values}
+    assert len(written) == len(values)
+    for m, (y, x) in zip(mats, origins, strict=True):
+        for (i, j), v in np.ndenumerate(m):
+            assert written.get((y + i, x + j)) == (f"{v:.2f}" if v != 0 else None)
+    assert tick_texts(ax.get_xticklabels()) == ["B1", "B2", "B3"] * 2
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("test classes of batch B_j", "after training on batch B_i")
+    assert [a.get_text() for a in ax.texts if a.get_text().endswith("runs)")] == ["naive (2 runs)", "toy (2 runs)"]
+    assert fig.axes[1].get_ylabel() == "accuracy"  # the colour bar
+
+
+def test_confusion_figure_labels_every_class_in_stream_order(workdir):
+    results = diagnostics.read_results(str(workdir))
+    fig = report.confusion_figure(results)
+    ax = fig.axes[0]
+    orders = [report.stream_order(e["runs"][0]["batch_classes"], 10)[0] for e in results["strategies"].values()]
+    assert tick_texts(ax.get_yticklabels()) == [str(c) for order in orders for c in order]
+    assert tick_texts(ax.get_xticklabels()) == [str(c) for c in orders[-1]] * 3
+    assert ax.get_xlabel() == "predicted class"
+    assert "rows: true class" in fig._suptitle.get_text()
+    assert {"naive", "toy", "after B1", "after B2", "after B3"} <= {t.get_text() for t in ax.texts}
+    assert fig.axes[1].get_ylabel() == "fraction of the true class"
+
+
+def test_weight_change_figure_uses_the_shared_log_scale(workdir):
+    results = diagnostics.read_results(str(workdir))
+    fig = report.weight_change_figure(results)
+    ax = fig.axes[0]
+    shown = ax.images[0]
+    maps = [report.mean_weight_change(e)[1] for e in results["strategies"].values()]
+    vmin, vmax = report.weight_change_range(maps)
+    assert isinstance(shown.norm, LogNorm) and (shown.norm.vmin, shown.norm.vmax) == (vmin, vmax)
+    expected, _ = report.mosaic([report.log_scale_cells(m, vmin) for m in maps], cols=2)
+    np.testing.assert_array_equal(np.ma.filled(shown.get_array(), np.nan), expected)
+    # Colour steps follow ratios: a layer moving k times less than the largest change sits log(k) / log(vmax / vmin)
+    # below the top of the scale, not at 1 / k of it (the linear scale that showed all but the head bias black).
+    toy = maps[1]
+    np.testing.assert_allclose(shown.norm(toy), 1 - np.log(vmax / toy) / np.log(vmax / vmin))
+    names = results["strategies"]["naive"]["runs"][0]["diagnostics"]["layers"]
+    assert tick_texts(ax.get_yticklabels()) == list(names)
+    assert "log" in fig.axes[1].get_ylabel()
+
+
+def test_importance_figure_has_axis_labels_and_a_legend_per_strategy(workdir):
+    results = diagnostics.read_results(str(workdir))
+    fig = report.importance_figure(results)
+    (raw, clipped), *_ = np.reshape(fig.axes, (-1, 2))
+    assert raw.get_xscale() == "log" and raw.get_yscale() == "log"
+    assert raw.get_ylabel().startswith("weights per bin") and raw.get_xlabel().startswith("importance value")
+    assert clipped.get_xlabel().startswith("importance value")
+    shares = report.importance_shares(report.mean_importance(results["strategies"]["toy"]))
+    legend = clipped.get_legend()
+    assert "share at max_F" in legend.get_title().get_text()
+    texts = [t.get_text() for t in legend.get_texts()]
+    assert texts == [
+        f"B{t + 1}: {shares['saturated'][t]:.2%} at max_F, {shares['F_hat_below'][t]:.1%} below" for t in range(3)
+    ] + ["max_F"]
+    assert [line.get_xdata()[0] for line in clipped.get_lines() if line.get_label() == "max_F"] == [MAX_F]
+    assert fig.get_figwidth() > 0 and report.importance_figure({"strategies": {}}) is None
 
 
 def test_weight_change_and_confusion_matrices_match_numpy():
