@@ -318,6 +318,7 @@ def start_record(scenario: Scenario, run: int, head: str) -> dict[str, Any]:
         "train_examples": [],
         "train_seconds": [],
         "loss": [],
+        "steps": [],
         "confusion_matrices": [],
         "diverged": None,
     }
@@ -403,6 +404,8 @@ def train_chunk(
                     continue
                 add_batch(record, scenarios[r], i, cms[r, g], int(num_examples[r]), seconds)
                 record["loss"].append(float(host["loss"][r, g]))
+                # Optimizer steps of the batch (a record resumed from an older checkpoint starts without them).
+                record.setdefault("steps", []).append(int(host["steps"][r, g]))
                 max_f = job.hparams[point].get("max_f", float("inf"))
                 importance = None
                 if job.strategy.importance is not None:
@@ -431,6 +434,7 @@ def train_chunk(
                                 "seen_accuracy": record["seen_accuracy"][-1],
                                 "accuracy_matrix_row": record["accuracy_matrix"][-1],
                                 "loss": record["loss"][-1],
+                                "total_steps": sum(record["steps"]),
                                 "seconds": seconds,
                             }
                         )

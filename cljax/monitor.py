@@ -12,7 +12,9 @@ shorter than ``min_seconds`` print nothing, so small jobs keep a clean log.
 ``experiment.run_experiment`` (step = batch number): accuracy on the fixed and
 expanding test sets, the fit's loss (mean over the batch's last epoch: one point
 per batch of the training loss), the seconds, and the accuracy-matrix row
-R[i, :] as one curve per B_j (``accuracy_matrix/B<j>``).
+R[i, :] as one curve per B_j (``accuracy_matrix/B<j>``); and ``loss_by_step``: the
+same loss at step = optimizer steps so far (``total_steps``), the training loss curve
+down-sampled to one point per batch.
 """
 
 from __future__ import annotations
@@ -94,6 +96,9 @@ class ScalarWriter:
         width = len(str(len(row)))  # B01..B10 sort in batch order in TensorBoard's tag list
         values.update({f"accuracy_matrix/B{j + 1:0{width}d}": r for j, r in enumerate(row)})
         self.scalars(event["strategy"], event["run"], event["batch"] + 1, values)
+        # The training loss against optimizer steps, down-sampled to one point per batch (the mean of its
+        # last epoch): Cumulative's long batches and the short ones of the others on one step axis.
+        self.scalars(event["strategy"], event["run"], event["total_steps"], {"loss_by_step": event["loss"]})
 
     def close(self) -> None:
         for writer in self.writers.values():

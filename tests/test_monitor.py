@@ -150,6 +150,7 @@ def test_tensorboard_batch_event_writes_its_scalars_and_accuracy_matrix_row(tmp_
             "seen_accuracy": 0.2 * i,
             "accuracy_matrix_row": row,
             "loss": 3.0 - i,
+            "total_steps": 40 * (i + 1) + 100 * (i == 2),
             "seconds": 1.5,
         }
         writer.batch(event)
@@ -167,4 +168,5 @@ def test_tensorboard_batch_event_writes_its_scalars_and_accuracy_matrix_row(tmp_
     for j in range(10):
         assert curve(f"accuracy_matrix/B{j + 1:02d}") == [(i + 1, pytest.approx(row[j])) for i, row in enumerate(rows)]
     assert curve("loss") == [(1, 3.0), (2, 2.0), (3, 1.0)]
+    assert curve("loss_by_step") == [(40, 3.0), (80, 2.0), (220, 1.0)]  # the same loss against optimizer steps
     assert curve("seen_accuracy") == [(1, 0.0), (2, pytest.approx(0.2)), (3, pytest.approx(0.4))]

@@ -458,6 +458,12 @@ def test_tensorboard_directory_only_when_the_package_is_installed(workdir):
                 return [(e.step, float(e.tensor_proto.float_val[0])) for e in events.Tensors(tag)]
 
             assert curve("loss") == [(i + 1, pytest.approx(v)) for i, v in enumerate(record["loss"])]
+            # Down-sampled training loss: one point per batch at the optimizer steps done so far (1 epoch of
+            # ceil(examples / batch size) steps per batch here).
+            size = results["config"]["batch_size"]
+            steps = np.cumsum([-(-n // size) for n in record["train_examples"]])
+            assert list(steps) == list(np.cumsum(record["steps"]))
+            assert curve("loss_by_step") == [(s, pytest.approx(v)) for s, v in zip(steps, record["loss"], strict=True)]
             # Each batch's accuracy-matrix row R[i, :]: one curve per B_j, step i.
             for j in range(3):
                 column = [row[j] for row in record["accuracy_matrix"]]
