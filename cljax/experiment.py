@@ -336,6 +336,7 @@ def start_record(scenario: Scenario, run: int, head: str) -> dict[str, Any]:
         "train_examples": [],
         "train_seconds": [],
         "loss": [],
+        "steps": [],
         "confusion_matrices": [],
         "diverged": None,
     }
@@ -421,6 +422,8 @@ def train_chunk(
                     continue
                 add_batch(record, scenarios[r], i, cms[r, g], int(num_examples[r]), seconds)
                 record["loss"].append(float(host["loss"][r, g]))
+                # Optimizer steps of the batch (a record resumed from an older checkpoint starts without them).
+                record.setdefault("steps", []).append(int(host["steps"][r, g]))
                 max_f = job.hparams[point].get("max_f", float("inf"))
                 importance = None
                 if job.strategy.importance is not None:
@@ -447,7 +450,9 @@ def train_chunk(
                                 "num_batches": num_batches,
                                 "accuracy": record["accuracy"][-1],
                                 "seen_accuracy": record["seen_accuracy"][-1],
+                                "accuracy_matrix_row": record["accuracy_matrix"][-1],
                                 "loss": record["loss"][-1],
+                                "total_steps": sum(record["steps"]),
                                 "seconds": seconds,
                             }
                         )
@@ -655,8 +660,7 @@ def run_job(
     def on_batch(event: dict) -> None:
         log(event)
         if scalars is not None:
-            values = {k: event[k] for k in ("accuracy", "seen_accuracy", "loss", "seconds")}
-            scalars.scalars(event["strategy"], event["run"], event["batch"] + 1, values)
+            scalars.batch(event)
 
     chunk_index = 0
     for name in names:

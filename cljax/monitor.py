@@ -8,6 +8,13 @@ shorter than ``min_seconds`` print nothing, so small jobs keep a clean log.
 ``tensorboard_writer(logdir)`` returns a ``ScalarWriter`` when the
 ``tensorboard`` package is importable (its framework-free
 ``tensorboard.summary.Writer``; TensorFlow is not needed) and None otherwise.
+``ScalarWriter.batch(event)`` takes the per-batch event of
+``experiment.run_experiment`` (step = batch number): accuracy on the fixed and
+expanding test sets, the fit's loss (mean over the batch's last epoch: one point
+per batch of the training loss), the seconds, and the accuracy-matrix row
+R[i, :] as one curve per B_j (``accuracy_matrix/B<j>``); and ``loss_by_step``: the
+same loss at step = optimizer steps so far (``total_steps``), the training loss curve
+down-sampled to one point per batch.
 """
 
 from __future__ import annotations
@@ -60,6 +67,11 @@ class ProgressDisplay:
         self.shown = True
 
 
+# Scalars of a batch event written as they are (accuracy on the fixed and expanding test sets, the
+# fit's loss: mean task loss of the batch's last epoch, training seconds).
+BATCH_SCALARS = ("accuracy", "seen_accuracy", "loss", "seconds")
+
+
 class ScalarWriter:
     """One TensorBoard event directory per (strategy, run): <logdir>/<strategy>/run_<r>."""
 
@@ -76,6 +88,17 @@ class ScalarWriter:
         for tag, value in values.items():
             writer.add_scalar(tag, float(value), step=step)
         writer.flush()
+
+    def batch(self, event: dict[str, Any]) -> None:
+        """One batch's event: its scalars and its accuracy-matrix row at step = batch number (1-based)."""
+        values = {tag: event[tag] for tag in BATCH_SCALARS}
+        row = event["accuracy_matrix_row"]
+        width = len(str(len(row)))  # B01..B10 sort in batch order in TensorBoard's tag list
+        values.update({f"accuracy_matrix/B{j + 1:0{width}d}": r for j, r in enumerate(row)})
+        self.scalars(event["strategy"], event["run"], event["batch"] + 1, values)
+        # The training loss against optimizer steps, down-sampled to one point per batch (the mean of its
+        # last epoch): Cumulative's long batches and the short ones of the others on one step axis.
+        self.scalars(event["strategy"], event["run"], event["total_steps"], {"loss_by_step": event["loss"]})
 
     def close(self) -> None:
         for writer in self.writers.values():

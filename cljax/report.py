@@ -8,22 +8,30 @@ Reads ``results.json`` and the per-batch diagnostics beside it
 
 - ``accuracy.png``: accuracy after each batch, mean over the complete runs with
   a ±1 std band, on the fixed test set (all classes) and on the expanding one
-  (classes seen so far) (Fig. 7-8);
+  (classes seen so far) (Fig. 7-8); each entry of results.json (a strategy or a
+  hyper-grid point) its own colour and marker (``strategy_styles``);
+- ``accuracy_matrix.png``: R[i, j] (accuracy on the test classes of B_j after
+  B_i) per strategy, mean over the complete runs, values written in the cells;
 - ``confusion_matrices.png``: the confusion matrix after each batch, one row per
   strategy, run 0, rows and columns in stream order (from the batches' classes) so that classes
-  of B_1 come first (Fig. 10-12); each row (true class) normalised to 1;
+  of B_1 come first (Fig. 10-12), class ids on the axes; each row (true class) normalised to 1;
 - ``weight_change.png``: mean |Δθ| per layer and batch, one heatmap per
-  strategy, mean over the complete runs, one colour scale for all (Fig. 13);
+  strategy, mean over the complete runs, one log colour scale for all (Fig. 13),
+  unchanged layers (exact zeros, e.g. a frozen body) in grey;
 - ``importance.png``: for strategies exposing ``Strategy.importance`` (EWC, SI,
-  AR1), the distribution of F and F̂ after each batch on log axes, mean counts
-  over the complete runs, with the fraction of F̂ saturated at max_F (Fig. 4-5);
+  AR1), the distributions of F and F̂ after each batch (one line per batch) on log
+  axes, mean counts over the complete runs, with the fraction of F̂ saturated at
+  max_F and of values below the first bin (Fig. 4-5);
 - ``compare.png`` (with ``--compare``): accuracy on each batch's classes after
   the last batch and their average, for the two workdirs (Fig. 3: MT vs SIT);
 - ``report.md``: the results table (from results.json), a table per hyper-grid (best final
   accuracy in bold), per-run values, the configuration, and the pictures.
 
 Pictures are drawn with matplotlib's object-oriented API on the Agg canvas
-(no pyplot, no global backend switch) and written atomically.
+(no pyplot, no global backend switch) and written atomically. Drawing time goes
+to axes, ticks and texts, not to data: a grid of heatmaps is one image in one
+axes (``mosaic``), layouts are fixed in inches (no layout engine), and one
+histogram is one step artist.
 """
 
 from __future__ import annotations
@@ -36,8 +44,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from matplotlib import colormaps
+from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
-from matplotlib.ticker import LogLocator
+from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter, LogLocator
 
 from cljax import diagnostics, metrics
 from cljax.files import write_atomic, write_text_atomic
@@ -133,12 +144,93 @@ def last_batch_accuracies(entry: dict) -> tuple[np.ndarray, np.ndarray] | None:
     return rows.mean(axis=0), rows.std(axis=0)
 
 
+def mean_accuracy_matrix(entry: dict) -> np.ndarray | None:
+    """R[i, j] (accuracy on the test classes of B_j after B_i, results.json's ``accuracy_matrix``),
+    mean over the complete runs, [T, T]; None without complete runs."""
+    runs = complete_runs(entry)
+    if not runs:
+        return None
+    return np.mean([np.asarray(run["accuracy_matrix"], np.float64) for run in runs], axis=0)
+
+
+def mosaic(blocks: Sequence[np.ndarray], cols: int, gap: int = 1) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """2-D blocks on a grid of ``cols`` columns in one array, block k's top-left cell at ``origins[k]``
+    (row-major), ``gap`` NaN rows and columns between blocks (drawn blank), NaN after a smaller block:
+    a grid of heatmaps drawn as one image in one axes."""
+    height = max(np.shape(b)[0] for b in blocks)
+    width = max(np.shape(b)[1] for b in blocks)
+    rows = -(-len(blocks) // cols)
+    image = np.full((rows * (height + gap) - gap, cols * (width + gap) - gap), np.nan)
+    origins = []
+    for k, block in enumerate(blocks):
+        y, x = (k // cols) * (height + gap), (k % cols) * (width + gap)
+        image[y : y + np.shape(block)[0], x : x + np.shape(block)[1]] = block
+        origins.append((y, x))
+    return image, origins
+
+
+def weight_change_range(values: Sequence[np.ndarray]) -> tuple[float, float]:
+    """(vmin, vmax) of the log colour scale of the weight-change picture: the smallest and largest
+    nonzero mean |Δθ| over every strategy, layer and batch, so every layer that moved gets a colour
+    of the scale (exact zeros, e.g. CWR's frozen body, are drawn apart)."""
+    positive = np.concatenate([np.ravel(v)[np.ravel(v) > 0] for v in values])
+    if not positive.size:
+        return 1e-3, 1.0  # nothing moved: any scale, every cell is drawn as a zero
+    low, high = float(positive.min()), float(positive.max())
+    return (high / 10, high) if low == high else (low, high)
+
+
+def log_scale_cells(values: np.ndarray, vmin: float) -> np.ndarray:
+    """Weight-change cells as the log colour scale draws them: positive values as they are, exact
+    zeros (no place on a log scale) moved below ``vmin``, where the colour map's "under" colour
+    marks them as unchanged."""
+    return np.where(values > 0, values, vmin / 10)
+
+
+def importance_shares(imp: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per batch: the fraction of weights whose F and F̂ fall below the first histogram edge
+    (zeros included; no log axis can show them) and the fraction of F̂ saturated at max_F."""
+    below = {key: imp[key][:, 0] / np.maximum(imp[key].sum(axis=1), 1.0) for key in ("F", "F_hat")}
+    return {"F_below": below["F"], "F_hat_below": below["F_hat"], "saturated": imp["saturated"]}
+
+
+# Twelve colours and twelve markers, all distinct, the most separated first (the default job's eight
+# strategies, among them the look-alike CWR, CWR+ and AR1 curves, get the first eight).
+STYLE_COLOURS = (
+    "#1f77b4",  # blue
+    "#ff7f0e",  # orange
+    "#2ca02c",  # green
+    "#d62728",  # red
+    "#9467bd",  # purple
+    "#17becf",  # cyan
+    "#000000",  # black
+    "#e377c2",  # pink
+    "#8c564b",  # brown
+    "#bcbd22",  # olive
+    "#7f7f7f",  # grey
+    "#e6ab02",  # mustard
+)
+STYLE_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")
+
+
+def strategy_styles(names: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """(colour, marker) of each results.json entry (strategies and hyper-grid points such as
+    ``ewc[strength=1000]``, each its own line), in order: colours and markers all differ up to 12
+    entries; past 12 the marker shifts with each round of colours, so the pairs stay distinct."""
+    n = len(STYLE_COLOURS)
+    return {name: (STYLE_COLOURS[k % n], STYLE_MARKERS[(k + k // n) % n]) for k, name in enumerate(names)}
+
+
 # ---- Pictures ----
+
+DPI = 100
+FONT = 7  # tick labels and notes; axis labels and titles one or two points larger
+ZERO_COLOUR = "#c8c8c8"  # weight-change cells that did not move at all (off the log colour scale)
 
 
 def save_figure(fig: Figure, path: str) -> None:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
+    fig.savefig(buffer, format="png", dpi=DPI)
     write_atomic(path, lambda f: f.write(buffer.getvalue()), ".png")
 
 
@@ -146,127 +238,310 @@ def batch_labels(num_batches: int) -> list[str]:
     return [f"B{t + 1}" for t in range(num_batches)]
 
 
-def plot_accuracy(results: dict, path: str) -> bool:
+def runs_label(entry: dict) -> str:
+    n = len(complete_runs(entry))
+    return f"{n} run" if n == 1 else f"{n} runs"
+
+
+def panel_grid(
+    rows: int,
+    cols: int,
+    panel: tuple[float, float],
+    margins: tuple[float, float, float, float],
+    gaps: tuple[float, float] = (0.3, 0.45),
+    **subplot_kw: Any,
+) -> tuple[Figure, np.ndarray]:
+    """A figure of rows x cols axes of ``panel`` (width, height) inches, with fixed ``margins``
+    (left, right, bottom, top) and ``gaps`` (between columns, between rows) in inches. No layout
+    engine: its search of every text's extent took most of the drawing time."""
+    (w, h), (left, right, bottom, top), (wgap, hgap) = panel, margins, gaps
+    width = left + cols * w + (cols - 1) * wgap + right
+    height = bottom + rows * h + (rows - 1) * hgap + top
+    fig = Figure(figsize=(width, height))
+    grid = {
+        "left": left / width,
+        "right": 1 - right / width,
+        "bottom": bottom / height,
+        "top": 1 - top / height,
+        "wspace": wgap / w,
+        "hspace": hgap / h,
+    }
+    return fig, np.asarray(fig.subplots(rows, cols, squeeze=False, gridspec_kw=grid, **subplot_kw))
+
+
+def mosaic_axes(
+    image: np.ndarray, cell: tuple[float, float], margins: tuple[float, float, float, float]
+) -> tuple[Figure, Any]:
+    """One axes for a ``mosaic`` image, each cell ``cell`` (width, height) inches: many heatmaps
+    drawn as one image, with one set of ticks, instead of a grid of axes."""
+    rows, cols = image.shape
+    fig, axes = panel_grid(1, 1, (cols * cell[0], rows * cell[1]), margins)
+    ax = axes[0, 0]
+    ax.spines[:].set_visible(False)
+    ax.tick_params(labelsize=FONT, length=2, pad=1)
+    return fig, ax
+
+
+def mosaic_ticks(
+    ax: Any, origins: list[tuple[int, int]], x_labels: Sequence[str], y_labels: Sequence[str], every: int = 1
+) -> None:
+    """Tick labels of every block row (left) and block column (bottom) of a mosaic; ``every``-th cell."""
+    rows = sorted({y for y, _ in origins})
+    cols = sorted({x for _, x in origins})
+    xs, ys = np.arange(0, len(x_labels), every), np.arange(0, len(y_labels), every)
+    ax.set_xticks([x + k for x in cols for k in xs], [x_labels[k] for _ in cols for k in xs])
+    ax.set_yticks([y + k for y in rows for k in ys], [y_labels[k] for _ in rows for k in ys])
+
+
+def block_title(ax: Any, origin: tuple[int, int], width: int, text: str) -> None:
+    """A title centred 2 points above a mosaic block (in the blank rows above it)."""
+    y, x = origin
+    ax.annotate(
+        text,
+        (x + (width - 1) / 2, y - 0.5),
+        xytext=(0, 2),
+        textcoords="offset points",
+        ha="center",
+        va="bottom",
+        fontsize=FONT + 1,
+    )
+
+
+def panel_title(ax: Any, text: str, fontsize: float = FONT + 1) -> None:
+    """A title 3 points above a panel, as plain text: ``Axes.set_title`` measures every tick label
+    to dodge them, a large share of a small picture's drawing time."""
+    ax.annotate(
+        text,
+        (0.5, 1.0),
+        xycoords="axes fraction",
+        xytext=(0, 3),
+        textcoords="offset points",
+        ha="center",
+        va="bottom",
+        fontsize=fontsize,
+    )
+
+
+def histogram_steps(counts: np.ndarray, edges: np.ndarray, floor: float) -> tuple[np.ndarray, np.ndarray]:
+    """A histogram as one step line (x, y): from ``floor`` up to each bin's count and back down at the
+    end; empty bins at ``floor``, the bottom of the log axis (it has no zero). A line, unlike a
+    ``stairs`` patch, costs nothing to autoscale."""
+    x = np.concatenate([edges[:1], np.repeat(edges, 2)[1:-1], edges[-1:]])
+    y = np.concatenate([[floor], np.repeat(np.where(counts > 0, counts, floor), 2), [floor]])
+    return x, y
+
+
+def figure_title(fig: Figure, text: str) -> None:
+    """The picture's title, 0.1 in below the top edge (the panels' margins leave room), wrapped to its width."""
+    fig.suptitle(text, y=1 - 0.1 / fig.get_figheight(), va="top", fontsize=FONT + 2, wrap=True)
+
+
+def side_colorbar(fig: Figure, axes: np.ndarray, mappable: Any, label: str) -> Any:
+    """A colour bar 0.2 in right of the panels, as tall as they are (the caller leaves the margin)."""
+    width, _ = fig.get_size_inches()
+    boxes = [ax.get_position() for ax in np.ravel(axes)]
+    top, bottom, right = max(b.y1 for b in boxes), min(b.y0 for b in boxes), max(b.x1 for b in boxes)
+    cax = fig.add_axes((right + 0.2 / width, bottom, 0.12 / width, top - bottom))
+    bar = fig.colorbar(mappable, cax=cax)
+    bar.set_label(label, fontsize=FONT + 1)
+    bar.ax.tick_params(labelsize=FONT)
+    return bar
+
+
+def accuracy_figure(results: dict) -> Figure | None:
     strategies = {n: e for n, e in results["strategies"].items() if complete_runs(e)}
     if not strategies:
-        return False
-    fig = Figure(figsize=(11, 4.2), layout="constrained")
-    axes = fig.subplots(1, 2, sharey=True)
+        return None
+    styles = strategy_styles(list(results["strategies"]))
+    labels = {n: f"{n} ({runs_label(e)})" for n, e in strategies.items()}
+    legend_width = 0.6 + 0.06 * max(len(label) for label in labels.values())
+    fig, axes = panel_grid(1, 2, (4.6, 3.4), (0.65, legend_width, 0.5, 0.3), (0.2, 0), sharey=True)
     titles = {"fixed": "fixed test set (all classes)", "expanding": "expanding test set (classes seen so far)"}
-    for ax, panel in zip(axes, ("fixed", "expanding"), strict=True):
+    for ax, panel in zip(axes[0], ("fixed", "expanding"), strict=True):
         for name, entry in strategies.items():
             mean, std = accuracy_curves(entry)[panel]
             x = np.arange(1, len(mean) + 1)
-            (line,) = ax.plot(x, mean, marker="o", markersize=3, label=f"{name} ({len(complete_runs(entry))} runs)")
-            ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
-        ax.set_title(titles[panel])
-        ax.set_xlabel("after batch")
+            colour, marker = styles[name]
+            ax.fill_between(x, mean - std, mean + std, color=colour, alpha=0.12, linewidth=0)
+            ax.plot(x, mean, color=colour, marker=marker, markersize=5, linewidth=1.3, label=labels[name])
+        panel_title(ax, titles[panel], FONT + 2)
+        ax.set_xlabel("after batch", fontsize=FONT + 1)
         ax.set_xticks(x, batch_labels(len(x)))
+        ax.tick_params(labelsize=FONT)
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("accuracy (mean ± std over runs)")
-    axes[1].legend(fontsize=8, loc="best")
-    save_figure(fig, path)
-    return True
+    axes[0, 0].set_ylabel("accuracy (mean ± std over runs)", fontsize=FONT + 1)
+    handles, names = axes[0, 0].get_legend_handles_labels()
+    right = axes[0, 1].get_position().x1
+    fig.legend(handles, names, loc="center left", bbox_to_anchor=(right + 0.01, 0.5), fontsize=FONT + 1, frameon=False)
+    return fig
 
 
-def plot_confusion(results: dict, path: str) -> bool:
+def accuracy_matrix_figure(results: dict) -> Figure | None:
+    mats = {n: m for n, e in results["strategies"].items() if (m := mean_accuracy_matrix(e)) is not None}
+    if not mats:
+        return None
+    num_batches = max(len(m) for m in mats.values())
+    image, origins = mosaic(list(mats.values()), cols=min(len(mats), 4))
+    cell = max(0.32, 2.0 / num_batches)
+    fig, ax = mosaic_axes(image, (cell, cell), (0.75, 1.0, 0.55, 0.75))
+    colours = ax.imshow(image, vmin=0.0, vmax=1.0, cmap=colormaps["viridis"].with_extremes(bad="white"))
+    labels = batch_labels(num_batches)
+    mosaic_ticks(ax, origins, labels, labels)
+    for (name, m), (y, x) in zip(mats.items(), origins, strict=True):
+        block_title(ax, (y, x), len(m), f"{name} ({runs_label(results['strategies'][name])})")
+        if num_batches <= 12:  # the values, while a cell holds them; exact zeros (classes not yet seen) left blank
+            for (i, j), v in np.ndenumerate(m):
+                if v != 0:
+                    colour = "white" if v < 0.6 else "black"
+                    ax.text(x + j, y + i, f"{v:.2f}", ha="center", va="center", fontsize=FONT - 1, color=colour)
+    ax.set_xlabel("test classes of batch B_j", fontsize=FONT + 1)
+    ax.set_ylabel("after training on batch B_i", fontsize=FONT + 1)
+    figure_title(fig, "accuracy matrix R[i, j] (mean over runs)")
+    side_colorbar(fig, ax, colours, "accuracy")
+    return fig
+
+
+def confusion_figure(results: dict) -> Figure | None:
     rows = []
     for name, entry in results["strategies"].items():
         runs = entry.get("runs", [])
         if runs and runs[0].get("confusion_matrices"):
             rows.append((name, runs[0]))
     if not rows:
-        return False
-    cols = max(len(run["confusion_matrices"]) for _, run in rows)
-    fig = Figure(figsize=(1.25 * cols + 1.2, 1.35 * len(rows) + 0.6), layout="constrained")
-    axes = np.asarray(fig.subplots(len(rows), cols, squeeze=False))
-    image = None
-    for r, (name, run) in enumerate(rows):
-        order, boundaries = stream_order(run["batch_classes"], len(run["confusion_matrices"][0]))
-        for t in range(cols):
-            ax = axes[r, t]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if t >= len(run["confusion_matrices"]):
-                ax.set_axis_off()
-                continue
-            cm = ordered_confusion(run["confusion_matrices"][t], order)
-            image = ax.imshow(cm, vmin=0.0, vmax=1.0, cmap="viridis", interpolation="nearest")
-            for b in boundaries:
-                ax.axhline(b - 0.5, color="white", linewidth=0.3, alpha=0.6)
-                ax.axvline(b - 0.5, color="white", linewidth=0.3, alpha=0.6)
-            if r == 0:
-                ax.set_title(f"after B{t + 1}", fontsize=8)
-            if t == 0:
-                ax.set_ylabel(name, fontsize=9)
-    fig.suptitle("confusion matrices, run 0 (rows: true class, columns: predicted; stream order)", fontsize=9)
-    fig.colorbar(image, ax=axes, shrink=0.8, label="fraction of the true class")
-    save_figure(fig, path)
-    return True
+        return None
+    num_classes = len(rows[0][1]["confusion_matrices"][0])
+    num_batches = max(len(run["confusion_matrices"]) for _, run in rows)
+    orders = [stream_order(run["batch_classes"], num_classes) for _, run in rows]
+    blocks, boundaries = [], []
+    for (_, run), (order, bounds) in zip(rows, orders, strict=True):
+        cms = run["confusion_matrices"]
+        blank = np.full((num_classes, num_classes), np.nan)  # a diverged run 0 stops early
+        blocks += [ordered_confusion(cms[t], order) if t < len(cms) else blank for t in range(num_batches)]
+        boundaries += [bounds if t < len(cms) else [] for t in range(num_batches)]
+    cell = float(np.clip(1.3 / num_classes, 0.04, 0.13))  # inches: a matrix is 1.3 in, up to 3 in for 75+ classes
+    image, origins = mosaic(blocks, cols=num_batches, gap=int(np.ceil(0.12 / cell)))
+    name_width = 0.3 + 0.06 * max(len(name) for name, _ in rows)
+    fig, ax = mosaic_axes(image, (cell, cell), (name_width, 1.0, 0.55, 0.75))
+    colours = ax.imshow(image, vmin=0.0, vmax=1.0, cmap=colormaps["viridis"].with_extremes(bad="white"))
+    # Batch boundaries of every matrix: one line collection per direction for the whole picture.
+    hlines, vlines = [], []
+    for (y, x), bounds in zip(origins, boundaries, strict=True):
+        for b in bounds:
+            hlines.append((y + b - 0.5, x - 0.5, x + num_classes - 0.5))
+            vlines.append((x + b - 0.5, y - 0.5, y + num_classes - 0.5))
+    if hlines:
+        ax.hlines(*np.transpose(hlines), color="white", linewidth=0.4, alpha=0.6)
+        ax.vlines(*np.transpose(vlines), color="white", linewidth=0.4, alpha=0.6)
+    # A class id on every cell while they fit (side by side: about 0.06 in per digit plus a space; one above
+    # the other: 0.1 in), else on every k-th cell.
+    digits = len(str(num_classes - 1))
+    xs = np.arange(0, num_classes, int(np.ceil((0.06 * digits + 0.06) / cell)))
+    ys = np.arange(0, num_classes, int(np.ceil(0.1 / cell)))
+    ax.set_yticks(
+        [y + k for y, _ in origins[::num_batches] for k in ys],
+        [str(order[k]) for order, _ in orders for k in ys],
+    )
+    bottom = orders[-1][0]  # every row's columns are in its own rows' order
+    ax.set_xticks([x + k for _, x in origins[:num_batches] for k in xs], [str(bottom[k]) for k in xs] * num_batches)
+    for t, (y, x) in enumerate(origins[:num_batches]):
+        block_title(ax, (y, x), num_classes, f"after B{t + 1}")
+    for (name, _), (y, _) in zip(rows, origins[::num_batches], strict=True):
+        ax.annotate(
+            name,
+            xy=(0, y + (num_classes - 1) / 2),
+            xycoords=("axes fraction", "data"),
+            xytext=(-8 - 5 * digits, 0),
+            textcoords="offset points",
+            ha="right",
+            va="center",
+            fontsize=FONT + 1,
+        )
+    ax.set_xlabel("predicted class", fontsize=FONT + 1)
+    figure_title(
+        fig,
+        "confusion matrices of run 0 after each batch\nrows: true class, columns: predicted class, both in "
+        "stream order (B_1's classes first); lines between batches",
+    )
+    side_colorbar(fig, ax, colours, "fraction of the true class")
+    return fig
 
 
-def plot_weight_change(results: dict, path: str) -> bool:
+def weight_change_figure(results: dict) -> Figure | None:
     maps = {n: wc for n, e in results["strategies"].items() if (wc := mean_weight_change(e)) is not None}
     if not maps:
-        return False
-    vmax = max(float(values.max()) for _, values in maps.values()) or 1.0
-    layers = max(len(names) for names, _ in maps.values())
-    fig = Figure(figsize=(3.0 * len(maps) + 1.5, 0.22 * layers + 1.6), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, len(maps), squeeze=False)[0])
-    image = None
-    for ax, (name, (names, values)) in zip(axes, maps.items(), strict=True):
-        image = ax.imshow(values, vmin=0.0, vmax=vmax, cmap="magma", aspect="auto", interpolation="nearest")
-        ax.set_title(name, fontsize=9)
-        ax.set_xticks(np.arange(values.shape[1]), batch_labels(values.shape[1]), fontsize=7)
-        ax.set_yticks(np.arange(len(names)), names if ax is axes[0] else [""] * len(names), fontsize=6)
-    fig.suptitle("mean |Δθ| per layer after each batch (mean over runs)", fontsize=9)
-    fig.colorbar(image, ax=axes, shrink=0.8, label="mean absolute weight change")
-    save_figure(fig, path)
-    return True
+        return None
+    vmin, vmax = weight_change_range([values for _, values in maps.values()])
+    blocks = [log_scale_cells(values, vmin) for _, values in maps.values()]
+    image, origins = mosaic(blocks, cols=min(len(maps), 4))
+    names = max((names for names, _ in maps.values()), key=len)
+    num_batches = max(values.shape[1] for _, values in maps.values())
+    name_width = 0.2 + 0.052 * max(len(n) for n in names)
+    fig, ax = mosaic_axes(image, (max(0.3, 1.6 / num_batches), 0.2), (name_width, 1.3, 0.45, 0.7))
+    cmap = colormaps["viridis"].with_extremes(under=ZERO_COLOUR, bad="white")
+    colours = ax.imshow(image, norm=LogNorm(vmin, vmax), cmap=cmap, aspect="auto")
+    mosaic_ticks(ax, origins, batch_labels(num_batches), names)
+    for name, origin in zip(maps, origins, strict=True):
+        block_title(ax, origin, num_batches, name)
+    figure_title(fig, "mean |Δθ| per layer (rows) after each batch (columns), mean over runs")
+    side_colorbar(fig, ax, colours, "mean |Δθ| (log scale)")
+    zero = Patch(color=ZERO_COLOUR, label="0 (unchanged)")
+    fig.legend(handles=[zero], loc="lower right", bbox_to_anchor=(1.0, 0.0), fontsize=FONT, frameon=False)
+    return fig
 
 
-def plot_importance(results: dict, path: str) -> bool:
+def importance_figure(results: dict) -> Figure | None:
     stats = {n: imp for n, e in results["strategies"].items() if (imp := mean_importance(e)) is not None}
     if not stats:
-        return False
+        return None
     edges = diagnostics.IMPORTANCE_BIN_EDGES
-    cols = max(len(imp["F"]) for imp in stats.values())
+    num_batches = max(len(imp["F"]) for imp in stats.values())
     # One x range for every panel: the occupied bins (cells 1..-2 are the bins between the edges).
     occupied = np.flatnonzero(sum(imp[k][:, 1:-1].sum(axis=0) for imp in stats.values() for k in ("F", "F_hat")))
     low, high = (edges[occupied[0]], edges[occupied[-1] + 1]) if occupied.size else (edges[0], edges[-1])
     positive = [c[c > 0].min() for imp in stats.values() for k in ("F", "F_hat") if (c := imp[k][:, 1:-1]).any()]
     floor = 0.5 * min(positive, default=1.0)
-    fig = Figure(figsize=(2.3 * cols + 0.8, 2.0 * 2 * len(stats) + 0.6), layout="constrained")
-    axes = np.asarray(fig.subplots(2 * len(stats), cols, squeeze=False))
+    top = 2.0 * max(float(imp[k][:, 1:-1].max()) for imp in stats.values() for k in ("F", "F_hat"))
+    fig, axes = panel_grid(len(stats), 2, (3.4, 2.0), (0.8, 2.3, 0.5, 0.5), (0.15, 0.4), sharex=True, sharey=True)
+    first = axes[0, 0]
+    first.set_xscale("log")
+    first.set_yscale("log", nonpositive="clip")
+    first.set_xlim(low / 3, high * 3)
+    first.set_ylim(floor, top)
+    first.xaxis.set_major_locator(LogLocator(numticks=6))
+    # Plain labels (1e-08, 100): log axes' default math-text labels cost more to draw than the histograms.
+    first.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0e}"))
+    first.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    batch_colours = colormaps["viridis"](np.linspace(0.0, 0.9, num_batches))  # B_1 dark to B_T light
     for s, (name, imp) in enumerate(stats.items()):
-        for k, (key, symbol) in enumerate((("F", "F"), ("F_hat", "F̂"))):
-            for t in range(cols):
-                ax = axes[2 * s + k, t]
-                if t >= len(imp[key]):
-                    ax.set_axis_off()
-                    continue
-                counts = imp[key][t]
-                # One filled step artist per panel; its baseline sits below the smallest mean count
-                # (1 / runs), since log axes have no zero.
-                ax.stairs(counts[1:-1], edges, baseline=floor, fill=True, alpha=0.85)
-                ax.set_xscale("log")
-                ax.set_yscale("log", nonpositive="clip")
-                ax.set_ylim(bottom=floor)
-                ax.minorticks_off()  # log axes' minor ticks dominate the drawing time
-                ax.xaxis.set_major_locator(LogLocator(numticks=5))
-                ax.set_xlim(low / 3, high * 3)
-                total = max(counts.sum(), 1.0)
-                note = f"<{edges[0]:.0e} (0 incl.): {counts[0] / total:.1%}"
-                if key == "F_hat":
-                    ax.axvline(imp["max_f"][t], color="red", linestyle="--", linewidth=0.8)
-                    note += f"\nsaturated at max_F: {imp['saturated'][t]:.2%}"
-                ax.text(0.02, 0.97, note, transform=ax.transAxes, fontsize=6, va="top")
-                ax.set_title(f"{name}: {symbol} after B{t + 1}", fontsize=8)
-                ax.tick_params(labelsize=6)
-    fig.suptitle("importance values (weights per bin, log axes; mean over runs; red: max_F)", fontsize=9)
-    save_figure(fig, path)
-    return True
+        shares = importance_shares(imp)
+        for ax, key, symbol in ((axes[s, 0], "F", "F (raw)"), (axes[s, 1], "F_hat", "F̂ (used by the penalty)")):
+            for t, counts in enumerate(imp[key]):
+                label = f"B{t + 1}: {shares['saturated'][t]:.2%} at max_F, {shares[f'{key}_below'][t]:.1%} below"
+                ax.plot(
+                    *histogram_steps(counts[1:-1], edges, floor), color=batch_colours[t], linewidth=1.0, label=label
+                )
+            panel_title(ax, f"{name}: {symbol}")
+            ax.tick_params(labelsize=FONT)
+            ax.minorticks_off()  # log axes' minor ticks dominate the drawing time
+        for max_f in np.unique(imp["max_f"]):
+            axes[s, 1].axvline(max_f, color="red", linestyle="--", linewidth=0.8, label="max_F")
+        axes[s, 0].set_ylabel("weights per bin\n(mean over runs)", fontsize=FONT + 1)
+        handles, labels = axes[s, 1].get_legend_handles_labels()
+        axes[s, 1].legend(
+            handles,
+            labels,
+            title=f"F̂ after batch B_i: share at max_F,\nshare below {edges[0]:.0e} (zeros incl.)",
+            title_fontsize=FONT,
+            loc="center left",
+            bbox_to_anchor=(1.03, 0.5),
+            fontsize=FONT,
+            frameon=False,
+        )
+    for ax in axes[-1]:
+        ax.set_xlabel("importance value (4 bins per decade)", fontsize=FONT + 1)
+    figure_title(fig, "importance distributions after each batch (log axes)")
+    return fig
 
 
 def setting_labels(results: dict, other: dict, workdir: str, compare: str) -> tuple[str, str]:
@@ -453,32 +728,44 @@ def write_report(workdir: str, compare: str | None = None) -> str:
             "Accuracy per batch",
             "accuracy.png",
             "Mean over the complete runs, band ±1 std (Fig. 7-8). Left: fixed test set; right: expanding test set.",
-            plot_accuracy,
+            accuracy_figure,
+        ),
+        (
+            "Accuracy matrix",
+            "accuracy_matrix.png",
+            "R[i, j]: accuracy on the test classes of B_j after training on B_i, mean over the complete runs "
+            "(the matrix behind forgetting and BWT). Below the diagonal: what is kept of earlier batches; "
+            "cells without a value are exactly 0.",
+            accuracy_matrix_figure,
         ),
         (
             "Confusion matrices",
             "confusion_matrices.png",
             "After each batch, run 0, classes in its stream order, rows normalised (Fig. 10-12). A vertical band "
             "moving right is forgetting; a sharp band on few classes signals saturated capacity (Fig. 12).",
-            plot_confusion,
+            confusion_figure,
         ),
         (
             "Weight change per layer",
             "weight_change.png",
-            "Mean |θ after B_i − θ before B_i| per parameter (of the evaluated model), mean over runs (Fig. 13).",
-            plot_weight_change,
+            "Mean |θ after B_i − θ before B_i| per parameter (of the evaluated model), mean over runs (Fig. 13); "
+            "log colour scale shared by all strategies, grey: exactly unchanged (e.g. a frozen body).",
+            weight_change_figure,
         ),
         (
             "Importance distribution",
             "importance.png",
-            "F (raw accumulated importance) and F̂ (clipped, used by the penalty) after each batch, log axes; "
-            "red line and label: max_F and the fraction of F̂ saturated at it (Fig. 4-5).",
-            plot_importance,
+            "F (raw accumulated importance) and F̂ (clipped, used by the penalty), one line per batch, log axes, "
+            "mean over runs; red line: max_F. Legend: the fraction of F̂ saturated at max_F and of the values "
+            "below the first bin (Fig. 4-5).",
+            importance_figure,
         ),
     ]
     pictures = []
-    for title, filename, caption, plot in candidates:
-        if plot(results, os.path.join(out, filename)):
+    for title, filename, caption, draw in candidates:
+        fig = draw(results)
+        if fig is not None:
+            save_figure(fig, os.path.join(out, filename))
             pictures.append((title, filename, caption))
     compare_lines = None
     if compare is not None:

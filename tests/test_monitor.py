@@ -132,3 +132,41 @@ def test_tensorboard_scalars_read_back(tmp_path):
     acc.Reload()
     points = [(e.step, float(e.tensor_proto.float_val[0])) for e in acc.Tensors("accuracy")]
     assert points == [(1, 0.25), (2, 0.5)]
+
+
+def test_tensorboard_batch_event_writes_its_scalars_and_accuracy_matrix_row(tmp_path):
+    pytest.importorskip("tensorboard", reason="tensorboard is not installed (pip install -e '.[test]' installs it)")
+    from tensorboard.backend.event_processing import event_accumulator
+
+    writer = monitor.tensorboard_writer(str(tmp_path))
+    rows = np.linspace(0.0, 1.0, 30).reshape(3, 10).tolist()  # 10 batches: tags B01..B10
+    for i, row in enumerate(rows):
+        event = {
+            "strategy": "ewc[strength=1000]",
+            "run": 2,
+            "batch": i,
+            "num_batches": 10,
+            "accuracy": 0.1 * i,
+            "seen_accuracy": 0.2 * i,
+            "accuracy_matrix_row": row,
+            "loss": 3.0 - i,
+            "total_steps": 40 * (i + 1) + 100 * (i == 2),
+            "seconds": 1.5,
+        }
+        writer.batch(event)
+    writer.close()
+    acc = event_accumulator.EventAccumulator(str(tmp_path / "ewc[strength=1000]" / "run_2"))
+    acc.Reload()
+
+    def curve(tag):
+        return [(e.step, float(e.tensor_proto.float_val[0])) for e in acc.Tensors(tag)]
+
+    tags = acc.Tags()["tensors"]
+    assert sorted(t for t in tags if t.startswith("accuracy_matrix/")) == [
+        f"accuracy_matrix/B{j:02d}" for j in range(1, 11)
+    ]
+    for j in range(10):
+        assert curve(f"accuracy_matrix/B{j + 1:02d}") == [(i + 1, pytest.approx(row[j])) for i, row in enumerate(rows)]
+    assert curve("loss") == [(1, 3.0), (2, 2.0), (3, 1.0)]
+    assert curve("loss_by_step") == [(40, 3.0), (80, 2.0), (220, 1.0)]  # the same loss against optimizer steps
+    assert curve("seen_accuracy") == [(1, 0.0), (2, pytest.approx(0.2)), (3, pytest.approx(0.4))]

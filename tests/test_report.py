@@ -11,9 +11,12 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import matplotlib.colors as mcolors
 import matplotlib.image
 import numpy as np
 import pytest
+from matplotlib.colors import LogNorm
+from matplotlib.text import Annotation
 
 from cljax import diagnostics, engine, experiment, report
 from cljax.config import base_config
@@ -94,7 +97,7 @@ def embedded_pictures(markdown: str) -> list[str]:
 
 def test_every_picture_is_a_valid_png_and_embedded(workdir):
     out = workdir / "report"
-    expected = {"accuracy.png", "confusion_matrices.png", "weight_change.png", "importance.png"}
+    expected = {"accuracy.png", "accuracy_matrix.png", "confusion_matrices.png", "weight_change.png", "importance.png"}
     assert expected <= set(os.listdir(out))
     markdown = (out / "report.md").read_text()
     assert set(embedded_pictures(markdown)) == expected
@@ -188,6 +191,184 @@ def test_ordered_confusion_puts_the_stream_order_first_and_normalises_rows():
     assert report.ordered_confusion(np.zeros((2, 2)), [0, 1]).sum() == 0  # empty rows stay zero
 
 
+def test_accuracy_matrix_heatmap_is_the_mean_of_results_json(workdir):
+    results = load_json(workdir / "results.json")
+    for entry in results["strategies"].values():
+        r = report.mean_accuracy_matrix(entry)
+        runs = [np.array(run["accuracy_matrix"]) for run in entry["runs"]]
+        assert r.shape == (3, 3)
+        for i in range(3):
+            for j in range(3):
+                assert r[i, j] == pytest.approx((runs[0][i, j] + runs[1][i, j]) / 2)
+        # BWT is linear in R: the mean over runs of each run's BWT is the BWT of the mean matrix.
+        assert entry["summary"]["bwt_mean"] == pytest.approx(np.mean([r[-1, j] - r[j, j] for j in range(2)]))
+    diverged = {"runs": [{**results["strategies"]["naive"]["runs"][0], "diverged": {"batch": 1}}]}
+    assert report.mean_accuracy_matrix(diverged) is None  # diverged runs are left out, as in the tables
+
+
+def test_mosaic_puts_each_block_at_its_origin_with_blank_gaps():
+    blocks = [np.full((2, 3), k, np.float64) for k in range(5)] + [np.ones((1, 2))]
+    image, origins = report.mosaic(blocks, cols=4)
+    assert image.shape == (2 * 2 + 1, 4 * 3 + 3)
+    assert origins == [(0, 0), (0, 4), (0, 8), (0, 12), (3, 0), (3, 4)]
+    for block, (y, x) in zip(blocks, origins, strict=True):
+        h, w = block.shape
+        np.testing.assert_array_equal(image[y : y + h, x : x + w], block)
+    assert np.isnan(image).sum() == image.size - sum(b.size for b in blocks)  # the rest is blank
+
+
+def test_confusion_mosaic_rows_are_the_ordered_matrices(workdir):
+    """The confusion picture's image: a row of blocks per strategy, block t = the stream-ordered,
+    row-normalised matrix after B_t, tick labels = the class ids in stream order."""
+    results = diagnostics.read_results(str(workdir))
+    run = results["strategies"]["naive"]["runs"][0]
+    order, boundaries = report.stream_order(run["batch_classes"], 10)
+    assert list(order[:4]) == [c for batch in run["batch_classes"][:2] for c in batch]
+    assert boundaries == list(np.cumsum([len(batch) for batch in run["batch_classes"]]))  # 3 x 2 of the 10 classes
+    blocks = [report.ordered_confusion(cm, order) for cm in run["confusion_matrices"]]
+    image, origins = report.mosaic(blocks, cols=3)
+    for t, (y, x) in enumerate(origins):
+        cm = np.asarray(run["confusion_matrices"][t], np.float64)
+        for a, i in enumerate(order):
+            np.testing.assert_allclose(image[y + a, x : x + 10], cm[i, order] / cm[i].sum())
+
+
+def test_twelve_entries_get_twelve_distinct_colours_and_markers():
+    names = ["naive", "cumulative", "lwf", "ewc", "si", "cwr", "cwr_plus", "ar1"]
+    names += ["ewc[strength=1000]", "ewc[strength=100000]", "si[c=0.1]", "si[c=1]"]
+    styles = report.strategy_styles(names)
+    assert list(styles) == names
+    assert len({colour for colour, _ in styles.values()}) == 12
+    assert len({marker for _, marker in styles.values()}) == 12
+    assert len({mcolors.to_rgb(colour) for colour, _ in styles.values()}) == 12  # real, different colours
+    # A prefix keeps its styles (a strategy looks the same in a smaller job), and past 12 the pairs stay distinct.
+    assert report.strategy_styles(names[:3]) == {n: styles[n] for n in names[:3]}
+    many = report.strategy_styles([f"s{k}" for k in range(60)])
+    assert len(set(many.values())) == 60
+
+
+def test_weight_change_log_scale_shows_every_layer_that_moved(workdir):
+    results = diagnostics.read_results(str(workdir))
+    maps = [report.mean_weight_change(e)[1] for e in results["strategies"].values()]
+    vmin, vmax = report.weight_change_range(maps)
+    norm = LogNorm(vmin, vmax)
+    positive = np.concatenate([m[m > 0] for m in maps])
+    assert positive.size and vmin == positive.min() and vmax == positive.max()
+    # Every layer that moved lands on the colour scale (none clipped to its ends or below it) ...
+    for m in maps:
+        shown = norm(report.log_scale_cells(m, vmin))
+        assert np.all((shown[m > 0] >= 0) & (shown[m > 0] <= 1))
+        assert np.all(shown[m == 0] < 0)  # ... and exact zeros fall below it: the "unchanged" colour
+    # Equal ratios get equal colour steps: a layer moving 100x less than the head is half-way, not black.
+    norm = LogNorm(*report.weight_change_range([np.array([[1e-2, 1e-3], [1e-4, 0.0]])]))
+    np.testing.assert_allclose(norm([1e-4, 1e-3, 1e-2]), [0.0, 0.5, 1.0])
+    assert report.weight_change_range([np.zeros((2, 2))])[0] > 0  # nothing moved: still a valid log scale
+
+
+def test_importance_shares_are_the_histograms_first_cell(workdir):
+    results = diagnostics.read_results(str(workdir))
+    imp = report.mean_importance(results["strategies"]["toy"])
+    shares = report.importance_shares(imp)
+    num_weights = 8 * 64 + 8 + 8 * 10 + 10
+    with np.load(workdir / "diagnostics_toy.npz") as npz:
+        np.testing.assert_allclose(shares["F_below"], npz["importance_F"][:, :, 0].mean(axis=0) / num_weights)
+        np.testing.assert_allclose(shares["F_hat_below"], npz["importance_F_hat"][:, :, 0].mean(axis=0) / num_weights)
+        np.testing.assert_allclose(shares["saturated"], npz["importance_saturated"].mean(axis=0))
+    # F̂ = min(F, max_F) changes no value below the first bin edge.
+    np.testing.assert_allclose(shares["F_below"], shares["F_hat_below"])
+
+
+def tick_texts(labels) -> list[str]:
+    return [label.get_text() for label in labels]
+
+
+def test_accuracy_figure_draws_each_entry_in_its_own_style_with_a_legend(workdir):
+    results = diagnostics.read_results(str(workdir))
+    styles = report.strategy_styles(list(results["strategies"]))
+    fig = report.accuracy_figure(results)
+    fixed, expanding = fig.axes[:2]
+    for ax, panel in ((fixed, "fixed"), (expanding, "expanding")):
+        lines = {line.get_label().split(" (")[0]: line for line in ax.get_lines()}
+        assert list(lines) == ["naive", "toy"]
+        for name, line in lines.items():
+            assert (line.get_color(), line.get_marker()) == styles[name]
+            np.testing.assert_allclose(line.get_ydata(), report.accuracy_curves(results["strategies"][name])[panel][0])
+        assert ax.get_xlabel() == "after batch"
+        assert tick_texts(ax.get_xticklabels()) == ["B1", "B2", "B3"]
+    assert fixed.get_ylabel().startswith("accuracy")
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["naive (2 runs)", "toy (2 runs)"]
+
+
+def test_accuracy_matrix_figure_shows_each_mean_matrix_with_its_values(workdir):
+    results = diagnostics.read_results(str(workdir))
+    fig = report.accuracy_matrix_figure(results)
+    ax = fig.axes[0]
+    image = np.ma.filled(ax.images[0].get_array(), np.nan)
+    mats = [report.mean_accuracy_matrix(e) for e in results["strategies"].values()]
+    expected, origins = report.mosaic(mats, cols=2)
+    np.testing.assert_array_equal(image, expected)
+    values = [t for t in ax.texts if not isinstance(t, Annotation)]  # the block titles are annotations
+    written = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in values}
+    assert len(written) == len(values)
+    for m, (y, x) in zip(mats, origins, strict=True):
+        for (i, j), v in np.ndenumerate(m):
+            assert written.get((y + i, x + j)) == (f"{v:.2f}" if v != 0 else None)
+    assert tick_texts(ax.get_xticklabels()) == ["B1", "B2", "B3"] * 2
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("test classes of batch B_j", "after training on batch B_i")
+    assert [a.get_text() for a in ax.texts if a.get_text().endswith("runs)")] == ["naive (2 runs)", "toy (2 runs)"]
+    assert fig.axes[1].get_ylabel() == "accuracy"  # the colour bar
+
+
+def test_confusion_figure_labels_every_class_in_stream_order(workdir):
+    results = diagnostics.read_results(str(workdir))
+    fig = report.confusion_figure(results)
+    ax = fig.axes[0]
+    orders = [report.stream_order(e["runs"][0]["batch_classes"], 10)[0] for e in results["strategies"].values()]
+    assert tick_texts(ax.get_yticklabels()) == [str(c) for order in orders for c in order]
+    assert tick_texts(ax.get_xticklabels()) == [str(c) for c in orders[-1]] * 3
+    assert ax.get_xlabel() == "predicted class"
+    assert "rows: true class" in fig._suptitle.get_text()
+    assert {"naive", "toy", "after B1", "after B2", "after B3"} <= {t.get_text() for t in ax.texts}
+    assert fig.axes[1].get_ylabel() == "fraction of the true class"
+
+
+def test_weight_change_figure_uses_the_shared_log_scale(workdir):
+    results = diagnostics.read_results(str(workdir))
+    fig = report.weight_change_figure(results)
+    ax = fig.axes[0]
+    shown = ax.images[0]
+    maps = [report.mean_weight_change(e)[1] for e in results["strategies"].values()]
+    vmin, vmax = report.weight_change_range(maps)
+    assert isinstance(shown.norm, LogNorm) and (shown.norm.vmin, shown.norm.vmax) == (vmin, vmax)
+    expected, _ = report.mosaic([report.log_scale_cells(m, vmin) for m in maps], cols=2)
+    np.testing.assert_array_equal(np.ma.filled(shown.get_array(), np.nan), expected)
+    # Colour steps follow ratios: a layer moving k times less than the largest change sits log(k) / log(vmax / vmin)
+    # below the top of the scale, not at 1 / k of it (the linear scale that showed all but the head bias black).
+    toy = maps[1]
+    np.testing.assert_allclose(shown.norm(toy), 1 - np.log(vmax / toy) / np.log(vmax / vmin))
+    names = results["strategies"]["naive"]["runs"][0]["diagnostics"]["layers"]
+    assert tick_texts(ax.get_yticklabels()) == list(names)
+    assert "log" in fig.axes[1].get_ylabel()
+
+
+def test_importance_figure_has_axis_labels_and_a_legend_per_strategy(workdir):
+    results = diagnostics.read_results(str(workdir))
+    fig = report.importance_figure(results)
+    (raw, clipped), *_ = np.reshape(fig.axes, (-1, 2))
+    assert raw.get_xscale() == "log" and raw.get_yscale() == "log"
+    assert raw.get_ylabel().startswith("weights per bin") and raw.get_xlabel().startswith("importance value")
+    assert clipped.get_xlabel().startswith("importance value")
+    shares = report.importance_shares(report.mean_importance(results["strategies"]["toy"]))
+    legend = clipped.get_legend()
+    assert "share at max_F" in legend.get_title().get_text()
+    texts = [t.get_text() for t in legend.get_texts()]
+    assert texts == [
+        f"B{t + 1}: {shares['saturated'][t]:.2%} at max_F, {shares['F_hat_below'][t]:.1%} below" for t in range(3)
+    ] + ["max_F"]
+    assert [line.get_xdata()[0] for line in clipped.get_lines() if line.get_label() == "max_F"] == [MAX_F]
+    assert fig.get_figwidth() > 0 and report.importance_figure({"strategies": {}}) is None
+
+
 def test_weight_change_and_confusion_matrices_match_numpy():
     """Runs a stream, keeps the state after every batch, then recomputes both diagnostics with NumPy."""
     config = tiny_config("naive", 1)
@@ -221,7 +402,7 @@ def test_weight_change_and_confusion_matrices_match_numpy():
 def test_one_strategy_one_run(single_workdirs):
     sit, _ = single_workdirs
     out = sit / "report"
-    for name in ("accuracy.png", "confusion_matrices.png", "weight_change.png"):
+    for name in ("accuracy.png", "accuracy_matrix.png", "confusion_matrices.png", "weight_change.png"):
         assert_valid_png(out / name)
     assert not (out / "importance.png").exists()  # naive has no importance
     markdown = (out / "report.md").read_text()
@@ -262,12 +443,28 @@ def test_command_line(single_workdirs, tmp_path):
 
 def test_tensorboard_directory_only_when_the_package_is_installed(workdir):
     try:
-        import tensorboard  # noqa: F401
+        from tensorboard.backend.event_processing import event_accumulator
     except ImportError:
         assert not (workdir / "tensorboard").exists()
-    else:
-        for name in ("naive", "toy"):
-            for r in (0, 1):
-                assert any(
-                    f.startswith("events.out.tfevents") for f in os.listdir(workdir / "tensorboard" / name / f"run_{r}")
-                )
+        return
+    results = load_json(workdir / "results.json")
+    for name in ("naive", "toy"):
+        for r in (0, 1):
+            events = event_accumulator.EventAccumulator(str(workdir / "tensorboard" / name / f"run_{r}"))
+            events.Reload()
+            record = results["strategies"][name]["runs"][r]
+
+            def curve(tag, events=events):
+                return [(e.step, float(e.tensor_proto.float_val[0])) for e in events.Tensors(tag)]
+
+            assert curve("loss") == [(i + 1, pytest.approx(v)) for i, v in enumerate(record["loss"])]
+            # Down-sampled training loss: one point per batch at the optimizer steps done so far (1 epoch of
+            # ceil(examples / batch size) steps per batch here).
+            size = results["config"]["batch_size"]
+            steps = np.cumsum([-(-n // size) for n in record["train_examples"]])
+            assert list(steps) == list(np.cumsum(record["steps"]))
+            assert curve("loss_by_step") == [(s, pytest.approx(v)) for s, v in zip(steps, record["loss"], strict=True)]
+            # Each batch's accuracy-matrix row R[i, :]: one curve per B_j, step i.
+            for j in range(3):
+                column = [row[j] for row in record["accuracy_matrix"]]
+                assert curve(f"accuracy_matrix/B{j + 1}") == [(i + 1, pytest.approx(v)) for i, v in enumerate(column)]
