@@ -29,9 +29,9 @@ def importance_choice(default: str) -> Any:
 
 def check_importance(values: Mapping[str, Any], name: str) -> None:
     """``importance=adam_nu`` needs an optimizer that keeps ν."""
-    if values["importance"] == ADAM_NU and values["optimizer"] != "adam":
+    if values.get("importance") == ADAM_NU and values.get("optimizer") != "adam":
         raise ConfigError(
-            f"{name}.importance='adam_nu' needs optimizer='adam' (got optimizer={values['optimizer']!r}): "
+            f"{name}.importance='adam_nu' needs optimizer='adam' (got optimizer={values.get('optimizer')!r}): "
             "SGD keeps no running mean of squared gradients"
         )
 
