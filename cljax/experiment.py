@@ -492,16 +492,29 @@ def print_progress(event: dict) -> None:
     )
 
 
+TABLE_LEGEND = (
+    "final accuracy: after the last batch, fixed test set ({runs}); average: mean accuracy over the "
+    "batches; forgetting: mean drop from each batch's best accuracy (lower is better); BWT: backward transfer"
+)
+
+
 def comparison_table(results: dict) -> str:
-    lines = [f"{'strategy':<12}{'final accuracy':>20}{'average':>10}{'forgetting':>12}{'BWT':>9}"]
-    for name, entry in results["strategies"].items():
-        s = entry.get("summary")
-        if not s:
-            continue
+    """The printed summary: one row per strategy (grid point), a legend line below; the ± std
+    column appears only when some entry has more than one run."""
+    summaries = {name: e["summary"] for name, e in results["strategies"].items() if e.get("summary")}
+    runs = {len(s.get("final_accuracy_per_run", [0])) for s in summaries.values()}
+    spread = max(runs, default=1) > 1
+    width = 20 if spread else 15
+    lines = [f"{'strategy':<12}{'final accuracy':>{width}}{'average':>10}{'forgetting':>12}{'BWT':>9}"]
+    for name, s in summaries.items():
+        final = f"{s['final_accuracy_mean']:>12.3f}" + (f" ± {s['final_accuracy_std']:.3f}" if spread else "")
         lines.append(
-            f"{name:<12}{s['final_accuracy_mean']:>12.3f} ± {s['final_accuracy_std']:.3f}"
-            f"{s['average_accuracy_mean']:>10.3f}{s['forgetting_mean']:>12.3f}{s['bwt_mean']:>9.3f}"
+            f"{name:<12}{final:>{width}}{s['average_accuracy_mean']:>10.3f}{s['forgetting_mean']:>12.3f}"
+            f"{s['bwt_mean']:>9.3f}"
         )
+    count = " or ".join(str(n) for n in sorted(runs)) or "1"
+    described = f"mean ± std over {count} runs" if spread else f"{count} run"
+    lines.append(TABLE_LEGEND.format(runs=described))
     return "\n".join(lines)
 
 
