@@ -57,8 +57,12 @@ def lwf_lambda(batch_sizes_T: jax.Array, index: jax.Array, map_from, map_to) -> 
     return jnp.where(index == 0, 0.0, lam).astype(jnp.float32)
 
 
-def lwf_loss(logits_BxC: jax.Array, batch: Data, strategy_state: dict[str, jax.Array]) -> jax.Array:
-    """Per-example eq. 3: CE(ŷ, (1 − λ)·onehot(y) + λ·ŷ_lwf)."""
+def lwf_loss(
+    logits_BxC: jax.Array, batch: Data, strategy_state: dict[str, jax.Array], logit_mask: jax.Array | None = None
+) -> jax.Array:
+    """Per-example eq. 3: CE(ŷ, (1 − λ)·onehot(y) + λ·ŷ_lwf). Both targets are zero outside the
+    training head already (ŷ_lwf is a softmax over it), so ``logit_mask`` is not needed."""
+    del logit_mask
     lam = strategy_state["lambda"]
     onehot = jax.nn.one_hot(batch["y"], logits_BxC.shape[-1], dtype=logits_BxC.dtype)
     targets = (1.0 - lam) * onehot + lam * batch[SOFT_TARGETS]
