@@ -28,7 +28,7 @@ from cljax import checkpoint, diagnostics, engine, mesh, metrics, monitor, strea
 from cljax import grid as grid_lib
 from cljax.config import ConfigError, strategy_grid, strategy_hparams, strategy_names, validate, validate_point
 from cljax.files import write_json_atomic  # noqa: F401  (re-exported: the results writer)
-from cljax.models import build_model
+from cljax.models import ModelContractError, build_model, check_model
 from cljax.models.pretrained import merge_pretrained, restore_params
 from cljax.scenarios import DataError, Dataset, Scenario, build_scenario, load_dataset, nc_capacity
 from cljax.strategies import Strategy, make_strategy, strategy_spec
@@ -174,9 +174,13 @@ class StrategyJob:
                 validate_point(config, name, point)
         merged = [strategy_hparams(config, name, point) for point in points]
         static = {k: merged[0][k] for k in spec.static_hparams(merged[0])}
-        strategy = make_strategy(name, static)
+        strategy = make_strategy(name, static, classifier=config.classifier)
         first = merged[0]  # training fields that fix the program (batch size, optimizer) are not gridded
         model = build_model(config, dataset.num_classes)
+        try:  # the model contract, before anything is trained (cljax.models)
+            check_model(model, tuple(dataset.input_shape), dataset.num_classes, config.classifier)
+        except ModelContractError as e:
+            raise ConfigError(f"model={config.model!r}: {e}") from None
         tx = strategy.transform(engine.make_optimizer(first.optimizer, first.momentum))
         pretrained = restore_params(config.init_checkpoint) if config.init_checkpoint else None
         if pretrained is not None:  # checks the checkpoint against the model's shapes now (ConfigError)
@@ -196,6 +200,7 @@ class StrategyJob:
             progress=progress.update if progress is not None else None,
             x_divisor=dataset.x_divisor,
             compute_dtype=config.compute_dtype,
+            classifier=config.classifier,
         )
         if program.freezes_body() and config.feature_cache == "auto":
             program = dataclasses.replace(

@@ -111,6 +111,28 @@ def exclude_mask(*names: str) -> Callable[[Params], Params]:
     return mask_fn
 
 
+def path_keys(path: str) -> tuple[str, ...]:
+    """``"head"`` or ``"decoder/out"``: the dict keys of a layer under ``params['params']``."""
+    return tuple(k for k in path.split("/") if k)
+
+
+def exclude_path(path: str) -> Callable[[Params], Params]:
+    """Mask (for ``optax.masked``) that is False for every leaf of the layer at ``path`` (``"head"``,
+    ``"decoder/out"``: dict keys below ``params['params']``, or below the root of a tree without it)."""
+    keys = path_keys(path)
+
+    def mask_fn(params: Params) -> Params:
+        def keep(tree_path, _leaf) -> bool:
+            names = [k.key for k in tree_path if isinstance(k, jax.tree_util.DictKey)]
+            if names[:1] == ["params"]:
+                names = names[1:]
+            return tuple(names[: len(keys)]) != keys
+
+        return jax.tree_util.tree_map_with_path(keep, params)
+
+    return mask_fn
+
+
 def _maybe_masked(tx: optax.GradientTransformation, mask: Mask | None) -> optax.GradientTransformationExtraArgs:
     if mask is None:
         return optax.with_extra_args_support(tx)
@@ -269,14 +291,15 @@ class FrozenBodyState(NamedTuple):
 
 
 def freeze_body(head: str = "head") -> optax.GradientTransformationExtraArgs:
-    """Zeroes the updates of every parameter outside the dict key ``head`` while frozen.
+    """Zeroes the updates of every parameter outside the classifier layer at path ``head`` (a key of
+    ``params['params']``, or ``"a/b"`` for a nested one) while frozen.
 
     Put it last in the chain: the body's applied update is then exactly zero and Θ̄ stays
     bitwise unchanged whatever the base optimizer. The flag starts False; strategies set it
     with ``set_frozen`` (CWR: Θ̄ learns on B_1 only, Alg. 1 lines 7-8). The engine trains a
     frozen body's batches on cached penultimate features when that gives the same result.
     """
-    body = exclude_mask(head)
+    body = exclude_path(head)
 
     def init_fn(params: Params) -> FrozenBodyState:
         del params

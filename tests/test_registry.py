@@ -127,7 +127,7 @@ def test_user_strategy_dataset_and_model_through_the_cli(tmp_path):
     workdir = str(tmp_path / "resumed")
     killed = start(tmp_path, workdir)
     for line in killed.stdout:
-        if "batch 1/3" in line:
+        if "batch 1/3: accuracy" in line:
             break
     killed.send_signal(signal.SIGKILL)
     killed.communicate(timeout=60)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,11 +27,15 @@ def strategy_spec(name: str) -> StrategySpec:
     return STRATEGIES[name]
 
 
-def make_strategy(name: str, hparams: Mapping[str, Any] | None = None) -> Strategy:
-    """The strategy ``name`` built from its static hyperparameters (defaults where absent)."""
+def make_strategy(name: str, hparams: Mapping[str, Any] | None = None, classifier: str = "head") -> Strategy:
+    """The strategy ``name`` built from its static hyperparameters (defaults where absent).
+    ``classifier`` is the path of the model's classifier layer (``config.classifier``), given to
+    factories that take a ``classifier`` argument (those that touch the head: CWR, CWR+, AR1)."""
     spec = strategy_spec(name)
     values = {k: p.default for k, p in spec.hparams.items()}
     values.update(hparams or {})
+    if "classifier" in inspect.signature(spec.factory).parameters:
+        return spec.factory(spec.static_hparams(values), classifier=classifier)
     return spec.factory(spec.static_hparams(values))
 
 
