@@ -61,7 +61,7 @@ _SOURCES: dict[str, str] = {
     **dict.fromkeys(
         ["ConfigError", "positive", "non_negative", "positive_int", "choice", "flag", "interval"], "cljax.hparams"
     ),
-    **dict.fromkeys(["MODELS", "Classifier"], "cljax.models"),
+    **dict.fromkeys(["MODELS", "Classifier", "check_model", "ModelContractError"], "cljax.models"),
     # Datasets and scenarios.
     **dict.fromkeys(
         [
@@ -73,6 +73,10 @@ _SOURCES: dict[str, str] = {
             "load_dataset",
             "build_scenario",
             "nc_scenario",
+            "dataset_from_arrays",
+            "nc_from_arrays",
+            "ni_from_arrays",
+            "scenario_dataset",
         ],
         "cljax.scenarios",
     ),
@@ -83,6 +87,12 @@ _SOURCES: dict[str, str] = {
         "cljax.engine",
     ),
     **dict.fromkeys(["StrategyJob", "run_members", "run_experiment"], "cljax.experiment"),
+    "train": "cljax.api",
+    # Per-batch events (console, CSV, TensorBoard, yours).
+    **dict.fromkeys(
+        ["Callback", "FunctionCallback", "CallbackList", "ConsoleLogger", "CSVLogger", "TensorBoardLogger"],
+        "cljax.callbacks",
+    ),
     # Metrics.
     **dict.fromkeys(
         [

@@ -17,13 +17,14 @@ import pickle
 import shutil
 import time
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cljax import callbacks as callbacks_lib
 from cljax import checkpoint, diagnostics, engine, mesh, metrics, monitor, stream
 from cljax import grid as grid_lib
 from cljax.config import ConfigError, strategy_grid, strategy_hparams, strategy_names, validate, validate_point
@@ -436,6 +437,7 @@ def train_chunk(
                                 "seen_accuracy": record["seen_accuracy"][-1],
                                 "loss": record["loss"][-1],
                                 "seconds": seconds,
+                                "accuracy_row": record["accuracy_matrix"][-1],
                             }
                         )
         if not alive.any():
@@ -490,11 +492,7 @@ def log_line(text: str) -> None:
 
 
 def print_progress(event: dict) -> None:
-    print(
-        f"{event['strategy']:<11} run {event['run']} batch {event['batch'] + 1}/{event['num_batches']}: "
-        f"accuracy {event['accuracy']:.3f} (seen classes {event['seen_accuracy']:.3f}) {event['seconds']:.1f}s",
-        flush=True,
-    )
+    callbacks_lib.ConsoleLogger().on_batch(event)
 
 
 TABLE_LEGEND = (
@@ -523,9 +521,12 @@ def comparison_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def prepare(config) -> tuple[Dataset, list[str]]:
-    """Validates the config and reads the data; raises ConfigError/DataError before any training."""
+def prepare(config, dataset: Dataset | None = None) -> tuple[Dataset, list[str]]:
+    """Validates the config and reads the data (unless ``dataset`` is given: arrays in memory,
+    ``cljax.api.train``); raises ConfigError/DataError before any training."""
     validate(config)
+    if dataset is not None:
+        return dataset, strategy_names(config)
     try:
         dataset = load_dataset(config.dataset, config.data_dir, config)
     except (ConfigError, DataError):
@@ -575,13 +576,20 @@ def _report_divergence(checkpoints: checkpoint.Checkpoints, record: dict, name: 
     log_line(divergence_message(name, record["run"], diverged, num_batches, path))
 
 
+BATCHES_CSV = "batches.csv"  # one row per batch (cljax.callbacks.CSVLogger)
+
+
 def clear_workdir(workdir: str) -> None:
     """``--config.overwrite=True``: removes what this program writes into the workdir (checkpoints,
     results.json, diagnostics_*.npz, report/, tensorboard/), nothing else."""
     for directory in (checkpoint.CHECKPOINTS_DIR, "report", "tensorboard"):
         shutil.rmtree(os.path.join(workdir, directory), ignore_errors=True)
     here = glob.escape(workdir)
-    outputs = [os.path.join(here, checkpoint.RESULTS_FILE), diagnostics.diagnostics_path(here, "*")]
+    outputs = [
+        os.path.join(here, checkpoint.RESULTS_FILE),
+        os.path.join(here, BATCHES_CSV),
+        diagnostics.diagnostics_path(here, "*"),
+    ]
     for path in [p for pattern in outputs for p in glob.glob(pattern)]:
         os.unlink(path)
 
@@ -591,7 +599,12 @@ def finished_runs(entry: Mapping[str, Any]) -> set[int]:
 
 
 def run_experiment(
-    config, workdir: str, log: Callable[[dict], None] = print_progress, show_progress: bool = True
+    config,
+    workdir: str,
+    log: Callable[[dict], None] = print_progress,
+    show_progress: bool = True,
+    callbacks: Sequence[Any] = (),
+    dataset: Dataset | None = None,
 ) -> dict:
     """Runs every strategy, grid point and run of ``config``; writes ``<workdir>/results.json`` (and
     the per-batch diagnostics beside it) after each chunk of runs, a checkpoint after each batch,
@@ -602,10 +615,14 @@ def run_experiment(
     holds the chunk's states and records and every finished run, so a workdir holding checkpoints
     of the same config resumes from its last completed batch (exactly: a run's randomness derives
     from its key alone); one holding another config is refused unless ``config.overwrite``.
+
+    After each batch, ``log(event)`` (the console), ``<workdir>/batches.csv``, TensorBoard and every
+    one of ``callbacks`` (``cljax.callbacks``: a ``Callback`` or a function of the event) get the
+    batch's event. ``dataset`` (arrays in memory) replaces reading ``config.dataset``.
     """
     from cljax import report  # matplotlib: imported only when a job runs
 
-    dataset, names = prepare(config)
+    dataset, names = prepare(config, dataset)
     primary = is_primary()
     jobs = {}
     display = monitor.ProgressDisplay() if show_progress and primary else None
@@ -627,13 +644,14 @@ def run_experiment(
     for record in [rec for entry in results["strategies"].values() for rec in entry["runs"]] + in_flight:
         if record["diverged"] and record["diverged"]["checkpoint_step"] is not None:
             checkpoints.keep(record["diverged"]["checkpoint_step"])
-    scalars = monitor.tensorboard_writer(os.path.join(workdir, "tensorboard")) if primary else None
-
-    def on_batch(event: dict) -> None:
-        log(event)
-        if scalars is not None:
-            values = {k: event[k] for k in ("accuracy", "seen_accuracy", "loss", "seconds")}
-            scalars.scalars(event["strategy"], event["run"], event["batch"] + 1, values)
+    outputs = [log]
+    if primary:  # process 0 alone writes
+        outputs += [
+            callbacks_lib.CSVLogger(os.path.join(workdir, BATCHES_CSV)),
+            callbacks_lib.TensorBoardLogger(os.path.join(workdir, "tensorboard")),
+        ]
+    batch_outputs = callbacks_lib.CallbackList([*outputs, *callbacks])
+    on_batch = batch_outputs.on_batch
 
     num_batches = build_scenario(config, 0, dataset).num_batches
     chunk_index = 0
@@ -695,10 +713,9 @@ def run_experiment(
             if primary:
                 diagnostics.write_results(workdir, results)  # results.json + diagnostics_<strategy>.npz
     checkpoints.close()
+    batch_outputs.close()  # every batch was flushed already
     if primary:
         diagnostics.write_results(workdir, results)  # also when a resumed workdir had nothing left to do
-        if scalars is not None:
-            scalars.close()  # every batch was flushed already
         report.write_report(workdir)
     mesh.sync("results written")
     return results
