@@ -75,6 +75,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.hidden_sizes = (400, 400)  # MLP hidden layers
     c.lrn = True  # CaffeNet/GoogLeNet: Caffe's local response normalisation (False for torchvision weights)
     c.aux_loss_weight = 0.3  # GoogLeNet: weight of each auxiliary classifier's loss (Caffe 0.3; 0 = off)
+    # The classifier layer: its path under params['params'] ("head"; "a/b" for a nested layer), for
+    # models (register_model) whose last layer has another name (the model contract: cljax/models).
+    c.classifier = "head"
     c.init_checkpoint = ""  # orbax checkpoint of initial params (scripts/pretrain.py, import_torch); "" = random
     # Experiment.
     # Comma-separated strategy names, run in this order. The rehearsal baselines of sec. 4.4 (rehe,
@@ -234,6 +237,10 @@ def validate(config) -> None:
         and math.isfinite(config.aux_loss_weight)
         and config.aux_loss_weight >= 0,
         f"aux_loss_weight={config.aux_loss_weight!r} is invalid; it must be a finite number >= 0",
+    )
+    _check(
+        isinstance(config.classifier, str) and bool(config.classifier.strip("/")),
+        f"classifier={config.classifier!r} is invalid; it must be the classifier layer's path, e.g. 'head'",
     )
     _check(
         config.init_checkpoint == "" or os.path.isdir(config.init_checkpoint),

@@ -25,7 +25,9 @@ from cljax import transforms
 from cljax.mesh import to_host
 
 Params = Any
-LossFn = Callable[[jax.Array, dict[str, jax.Array], Any], jax.Array]
+# loss(logits_BxC, minibatch, strategy_state, logit_mask) -> per-example loss [B]; the logits are masked
+# already (-1e9 outside the training head); logit_mask (bool, [C] or [B, C]) says which classes the head holds.
+LossFn = Callable[[jax.Array, dict[str, jax.Array], Any, jax.Array], jax.Array]
 # loss_and_grad(params, minibatch, weights_B) -> (weighted mean task loss, its gradient)
 LossAndGrad = Callable[[Params, dict[str, jax.Array], jax.Array], tuple[jax.Array, Params]]
 # gradients(state, minibatch, weights_B, key, loss_and_grad) -> (loss, gradient the optimizer gets)
@@ -71,9 +73,12 @@ def split_outputs(outputs: Any) -> tuple[jax.Array, tuple[tuple[float, jax.Array
     return outputs, ()
 
 
-def cross_entropy(logits_BxC: jax.Array, batch: dict[str, jax.Array], strategy_state: Any) -> jax.Array:
-    """Per-example softmax cross-entropy with integer labels (the default task loss)."""
-    del strategy_state
+def cross_entropy(
+    logits_BxC: jax.Array, batch: dict[str, jax.Array], strategy_state: Any, logit_mask: Any = None
+) -> jax.Array:
+    """Per-example softmax cross-entropy with integer labels (the default task loss). The masked
+    logits give the classes outside the head zero probability, so the mask itself is not needed."""
+    del strategy_state, logit_mask
     return optax.softmax_cross_entropy_with_integer_labels(logits_BxC, batch["y"])
 
 
@@ -223,10 +228,11 @@ def make_member_fit(
             logits, aux = split_outputs(outputs)
             # A [K, C] mask is a table of heads, one row per example via mini["mask_index"] (MT).
             mask = logit_mask[mini["mask_index"]] if logit_mask.ndim == 2 else logit_mask
-            per_example = loss_fn(mask_logits(logits, mask), mini, state.strategy_state)
+            per_example = loss_fn(mask_logits(logits, mask), mini, state.strategy_state, mask)
             # Auxiliary classifiers (GoogLeNet loss1/loss2): the same per-example loss, weighted.
             for weight, aux_logits in aux:
-                per_example = per_example + weight * loss_fn(mask_logits(aux_logits, mask), mini, state.strategy_state)
+                aux_loss = loss_fn(mask_logits(aux_logits, mask), mini, state.strategy_state, mask)
+                per_example = per_example + weight * aux_loss
             return jnp.sum(per_example * weights_B)
 
         def loss_and_grad(params, mini, weights_B):

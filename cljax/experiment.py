@@ -17,19 +17,20 @@ import pickle
 import shutil
 import time
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cljax import callbacks as callbacks_lib
 from cljax import checkpoint, compile_time, diagnostics, engine, mesh, metrics, monitor, stream
 from cljax import grid as grid_lib
 from cljax.config import ConfigError, strategy_grid, strategy_hparams, strategy_names, validate, validate_point
 from cljax.files import write_json_atomic  # also re-exported: the results writer
 from cljax.hparams import gridable
-from cljax.models import build_model
+from cljax.models import ModelContractError, build_model, check_model
 from cljax.models.pretrained import merge_pretrained, restore_params
 from cljax.scenarios import DataError, Dataset, Scenario, build_scenario, load_dataset, nc_capacity
 from cljax.strategies import Strategy, StreamShape, make_strategy, strategy_spec
@@ -192,9 +193,13 @@ class StrategyJob:
         shape = StreamShape(
             tuple(dataset.input_shape), str(dataset.train_x.dtype), dataset.num_classes, num_batches, grid_max
         )
-        strategy = make_strategy(name, static, stream=shape)
+        strategy = make_strategy(name, static, stream=shape, classifier=config.classifier)
         first = merged[0]  # training fields that fix the program (batch size, optimizer) are not gridded
         model = build_model(config, dataset.num_classes)
+        try:  # the model contract, before anything is trained (cljax.models)
+            check_model(model, tuple(dataset.input_shape), dataset.num_classes, config.classifier)
+        except ModelContractError as e:
+            raise ConfigError(f"model={config.model!r}: {e}") from None
         tx = strategy.transform(engine.make_optimizer(first.optimizer, first.momentum))
         pretrained = restore_params(config.init_checkpoint) if config.init_checkpoint else None
         if pretrained is not None:  # checks the checkpoint against the model's shapes now (ConfigError)
@@ -214,6 +219,7 @@ class StrategyJob:
             progress=progress.update if progress is not None else None,
             x_divisor=dataset.x_divisor,
             compute_dtype=config.compute_dtype,
+            classifier=config.classifier,
         )
         if program.freezes_body() and config.feature_cache == "auto":
             program = dataclasses.replace(
@@ -450,10 +456,10 @@ def train_chunk(
                                 "num_batches": num_batches,
                                 "accuracy": record["accuracy"][-1],
                                 "seen_accuracy": record["seen_accuracy"][-1],
-                                "accuracy_matrix_row": record["accuracy_matrix"][-1],
                                 "loss": record["loss"][-1],
                                 "total_steps": sum(record["steps"]),
                                 "seconds": seconds,
+                                "accuracy_row": record["accuracy_matrix"][-1],
                             }
                         )
         if not alive.any():
@@ -508,29 +514,41 @@ def log_line(text: str) -> None:
 
 
 def print_progress(event: dict) -> None:
-    print(
-        f"{event['strategy']:<11} run {event['run']} batch {event['batch'] + 1}/{event['num_batches']}: "
-        f"accuracy {event['accuracy']:.3f} (seen classes {event['seen_accuracy']:.3f}) {event['seconds']:.1f}s",
-        flush=True,
-    )
+    callbacks_lib.ConsoleLogger().on_batch(event)
+
+
+TABLE_LEGEND = (
+    "final accuracy: after the last batch, fixed test set ({runs}); average: mean accuracy over the "
+    "batches; forgetting: mean drop from each batch's best accuracy (lower is better); BWT: backward transfer"
+)
 
 
 def comparison_table(results: dict) -> str:
-    lines = [f"{'strategy':<12}{'final accuracy':>20}{'average':>10}{'forgetting':>12}{'BWT':>9}"]
-    for name, entry in results["strategies"].items():
-        s = entry.get("summary")
-        if not s:
-            continue
+    """The printed summary: one row per strategy (grid point), a legend line below; the ± std
+    column appears only when some entry has more than one run."""
+    summaries = {name: e["summary"] for name, e in results["strategies"].items() if e.get("summary")}
+    runs = {len(s.get("final_accuracy_per_run", [0])) for s in summaries.values()}
+    spread = max(runs, default=1) > 1
+    width = 20 if spread else 15
+    lines = [f"{'strategy':<12}{'final accuracy':>{width}}{'average':>10}{'forgetting':>12}{'BWT':>9}"]
+    for name, s in summaries.items():
+        final = f"{s['final_accuracy_mean']:>12.3f}" + (f" ± {s['final_accuracy_std']:.3f}" if spread else "")
         lines.append(
-            f"{name:<12}{s['final_accuracy_mean']:>12.3f} ± {s['final_accuracy_std']:.3f}"
-            f"{s['average_accuracy_mean']:>10.3f}{s['forgetting_mean']:>12.3f}{s['bwt_mean']:>9.3f}"
+            f"{name:<12}{final:>{width}}{s['average_accuracy_mean']:>10.3f}{s['forgetting_mean']:>12.3f}"
+            f"{s['bwt_mean']:>9.3f}"
         )
+    count = " or ".join(str(n) for n in sorted(runs)) or "1"
+    described = f"mean ± std over {count} runs" if spread else f"{count} run"
+    lines.append(TABLE_LEGEND.format(runs=described))
     return "\n".join(lines)
 
 
-def prepare(config) -> tuple[Dataset, list[str]]:
-    """Validates the config and reads the data; raises ConfigError/DataError before any training."""
+def prepare(config, dataset: Dataset | None = None) -> tuple[Dataset, list[str]]:
+    """Validates the config and reads the data (unless ``dataset`` is given: arrays in memory,
+    ``cljax.api.train``); raises ConfigError/DataError before any training."""
     validate(config)
+    if dataset is not None:
+        return dataset, strategy_names(config)
     try:
         dataset = load_dataset(config.dataset, config.data_dir, config)
     except (ConfigError, DataError):
@@ -580,13 +598,20 @@ def _report_divergence(checkpoints: checkpoint.Checkpoints, record: dict, name: 
     log_line(divergence_message(name, record["run"], diverged, num_batches, path))
 
 
+BATCHES_CSV = "batches.csv"  # one row per batch (cljax.callbacks.CSVLogger)
+
+
 def clear_workdir(workdir: str) -> None:
     """``--config.overwrite=True``: removes what this program writes into the workdir (checkpoints,
     results.json, diagnostics_*.npz, report/, tensorboard/), nothing else."""
     for directory in (checkpoint.CHECKPOINTS_DIR, "report", "tensorboard"):
         shutil.rmtree(os.path.join(workdir, directory), ignore_errors=True)
     here = glob.escape(workdir)
-    outputs = [os.path.join(here, checkpoint.RESULTS_FILE), diagnostics.diagnostics_path(here, "*")]
+    outputs = [
+        os.path.join(here, checkpoint.RESULTS_FILE),
+        os.path.join(here, BATCHES_CSV),
+        diagnostics.diagnostics_path(here, "*"),
+    ]
     for path in [p for pattern in outputs for p in glob.glob(pattern)]:
         os.unlink(path)
 
@@ -596,7 +621,12 @@ def finished_runs(entry: Mapping[str, Any]) -> set[int]:
 
 
 def run_experiment(
-    config, workdir: str, log: Callable[[dict], None] = print_progress, show_progress: bool = True
+    config,
+    workdir: str,
+    log: Callable[[dict], None] = print_progress,
+    show_progress: bool = True,
+    callbacks: Sequence[Any] = (),
+    dataset: Dataset | None = None,
 ) -> dict:
     """``run_job`` with its compile and wall times measured: a line per strategy, and
     ``<workdir>/timings.json`` (seconds of tracing, lowering, XLA compilation and cache reads, per
@@ -604,7 +634,7 @@ def run_experiment(
     start = time.perf_counter()
     with compile_time.CompileClock() as clock:
         timings: dict[str, Any] = {"strategies": {}}
-        results = run_job(config, workdir, log, show_progress, clock, timings)
+        results = run_job(config, workdir, log, show_progress, callbacks, dataset, clock, timings)
     timings.update(wall_seconds=round(time.perf_counter() - start, 3), compile=compile_time.since(clock.snapshot()))
     if is_primary() and os.path.isdir(workdir):
         write_json_atomic(os.path.join(workdir, "timings.json"), timings)
@@ -617,6 +647,8 @@ def run_job(
     workdir: str,
     log: Callable[[dict], None],
     show_progress: bool,
+    callbacks: Sequence[Any],
+    dataset: Dataset | None,
     clock: compile_time.CompileClock,
     timings: dict,
 ) -> dict:
@@ -629,10 +661,14 @@ def run_job(
     holds the chunk's states and records and every finished run, so a workdir holding checkpoints
     of the same config resumes from its last completed batch (exactly: a run's randomness derives
     from its key alone); one holding another config is refused unless ``config.overwrite``.
+
+    After each batch, ``log(event)`` (the console), ``<workdir>/batches.csv``, TensorBoard and every
+    one of ``callbacks`` (``cljax.callbacks``: a ``Callback`` or a function of the event) get the
+    batch's event. ``dataset`` (arrays in memory) replaces reading ``config.dataset``.
     """
     from cljax import report  # matplotlib: imported only when a job runs
 
-    dataset, names = prepare(config)
+    dataset, names = prepare(config, dataset)
     primary = is_primary()
     jobs = {}
     display = monitor.ProgressDisplay() if show_progress and primary else None
@@ -655,12 +691,14 @@ def run_job(
     for record in [rec for entry in results["strategies"].values() for rec in entry["runs"]] + in_flight:
         if record["diverged"] and record["diverged"]["checkpoint_step"] is not None:
             checkpoints.keep(record["diverged"]["checkpoint_step"])
-    scalars = monitor.tensorboard_writer(os.path.join(workdir, "tensorboard")) if primary else None
-
-    def on_batch(event: dict) -> None:
-        log(event)
-        if scalars is not None:
-            scalars.batch(event)
+    outputs = [log]
+    if primary:  # process 0 alone writes
+        outputs += [
+            callbacks_lib.CSVLogger(os.path.join(workdir, BATCHES_CSV)),
+            callbacks_lib.TensorBoardLogger(os.path.join(workdir, "tensorboard")),
+        ]
+    batch_outputs = callbacks_lib.CallbackList([*outputs, *callbacks])
+    on_batch = batch_outputs.on_batch
 
     chunk_index = 0
     for name in names:
@@ -725,10 +763,9 @@ def run_job(
         timings["strategies"][name] = spent
         log_line(f"{name}: {spent['wall_seconds']:.1f} s, of which compiling {spent['compile']['total']:.1f} s")
     checkpoints.close()
+    batch_outputs.close()  # every batch was flushed already
     if primary:
         diagnostics.write_results(workdir, results)  # also when a resumed workdir had nothing left to do
-        if scalars is not None:
-            scalars.close()  # every batch was flushed already
         started = time.perf_counter()
         report.write_report(workdir)
         timings["report_seconds"] = round(time.perf_counter() - started, 3)

@@ -1,4 +1,8 @@
-"""Command line: python -m cljax.main --config=configs/default.py [--config.field=value] [--workdir=DIR].
+"""Command line: python -m cljax.main [--config=FILE.py] [--config.field=value] [--workdir=DIR] [--import=M] [--list].
+
+Without --config the packaged default job runs (cljax/configs/default.py). --import=my_module (repeatable)
+imports a module that registers strategies, datasets or models (cljax.registry) before the config is read;
+--list prints the strategies, datasets, models and config fields with their defaults.
 
 Rerunning a command on the same workdir resumes it from its last completed batch. Bad input
 (flags, config values, data files, a workdir holding another config) gets one line on stderr
@@ -14,13 +18,18 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cljax import experiment, grid
-from cljax.config import ConfigError, validate_distributed
+from cljax import cli, experiment, grid
+from cljax.config import ConfigError, base_config, validate_distributed
+from cljax.configs import DEFAULT_CONFIG
 from cljax.experiment import is_primary
 from cljax.scenarios import DataError
 from cljax.strategies import STRATEGIES
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/default", "Directory for results.json, checkpoints and reports.")
+_IMPORT = flags.DEFINE_multi_string(
+    "import", [], "Module to import first (repeatable): registers strategies/datasets/models."
+)
+_LIST = flags.DEFINE_bool("list", False, "Print the strategies, datasets, models and config fields, then exit.")
 
 
 def quiet(event: dict) -> None:
@@ -38,7 +47,10 @@ def define_config_flag(argv: list[str]):
     the flag is defined: unknown fields and missing files are reported here, in one line."""
     try:
         return config_flags.DEFINE_config_file(
-            "config", "configs/default.py", "Experiment config file (configs/*.py[:arg]).", lock_config=True
+            "config",
+            DEFAULT_CONFIG,
+            "Experiment config file (configs/*.py[:arg]); default: the packaged default job.",
+            lock_config=True,
         )
     except (AttributeError, KeyError) as e:
         fail(unknown_field(argv, e))
@@ -48,10 +60,7 @@ def define_config_flag(argv: list[str]):
 
 def unknown_field(argv: list[str], e: Exception) -> str:
     """ml_collections raises AttributeError/KeyError("'name'") for an override of a missing field."""
-    name = str(e).strip("\"'")
-    given = [a.split("=")[0] for a in argv if a.startswith("--config.")]
-    field = next((a for a in given if name in a[len("--config.") :].split(".")), given[0] if given else "--config")
-    return f"{field}: the config has no field {name!r}; the fields and their defaults are in cljax/config.py"
+    return cli.unknown_field_message(argv, e, base_config())
 
 
 def config_load_error(e: Exception) -> str:
@@ -81,6 +90,9 @@ def main(argv: list[str]) -> None:
         config.keys()  # the file is loaded lazily: load it now, to report a broken one as bad input
     except Exception as e:
         fail(config_load_error(e))
+    if _LIST.value:
+        print(cli.listing(config))
+        sys.exit(0)
     sys.exit(run(config, _WORKDIR.value))
 
 
@@ -145,6 +157,10 @@ def run(config, workdir: str) -> int:
 
 if __name__ == "__main__":
     # --config.ewc.strength=1e3,1e4: a list on a grid-able field is a hyper-grid (cljax/grid.py).
+    try:  # user modules register their strategies, datasets and models before the config is read
+        cli.import_user_modules(sys.argv)
+    except ValueError as e:
+        fail(str(e))
     sys.argv = grid.split_grid_flags(sys.argv, STRATEGIES)
     define_config_flag(sys.argv)
     app.run(main, flags_parser=parse_flags)

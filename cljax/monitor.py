@@ -92,7 +92,7 @@ class ScalarWriter:
     def batch(self, event: dict[str, Any]) -> None:
         """One batch's event: its scalars and its accuracy-matrix row at step = batch number (1-based)."""
         values = {tag: event[tag] for tag in BATCH_SCALARS}
-        row = event["accuracy_matrix_row"]
+        row = event["accuracy_row"]
         width = len(str(len(row)))  # B01..B10 sort in batch order in TensorBoard's tag list
         values.update({f"accuracy_matrix/B{j + 1:0{width}d}": r for j, r in enumerate(row)})
         self.scalars(event["strategy"], event["run"], event["batch"] + 1, values)

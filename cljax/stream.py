@@ -40,6 +40,7 @@ from cljax.engine import GRID, MEMBER, RUN, TrainState, vmap_members
 from cljax.mesh import to_host
 from cljax.models import HEAD, apply_function
 from cljax.strategies.base import BatchContext, Strategy
+from cljax.transforms import path_keys
 
 # Training fields that are traced per grid point (``hparams``), besides a strategy's own.
 TRACED_TRAINING_FIELDS = ("lr_first", "lr", "epochs_first", "epochs")
@@ -105,10 +106,12 @@ def batch_keys(run_key: jax.Array, index: jax.Array) -> Keys:
     return Keys(*jax.random.split(jax.random.fold_in(key, index), 3))
 
 
-def apply_head(params, features_BxD: jax.Array, train: bool = False, rngs=None) -> jax.Array:
-    """The classifier layer alone on penultimate features: the model of a frozen body's batches."""
+def apply_head(params, features_BxD: jax.Array, train: bool = False, rngs=None, path: str = HEAD) -> jax.Array:
+    """The classifier layer (at ``path``) alone on penultimate features: the model of a frozen body's batches."""
     del train, rngs  # the head has no dropout
-    head = params["params"][HEAD]
+    head = params["params"]
+    for key in path_keys(path):
+        head = head[key]
     return nn.Dense(head["kernel"].shape[-1]).apply({"params": head}, features_BxD)
 
 
@@ -164,6 +167,7 @@ class StreamProgram:
     layout: Any = None  # cljax.mesh.MemberLayout: members and mini-batches over a device mesh; None: one device
     progress: Callable[[Any, Any], None] | None = None
     max_traces: int | None = None  # tests: fail if a program is traced (compiled) more often
+    classifier: str = HEAD  # path of the classifier layer under params['params'] (config.classifier)
 
     def __post_init__(self):
         # The model as the programs call it: stored images converted inside, in the compute precision.
@@ -181,7 +185,13 @@ class StreamProgram:
         object.__setattr__(
             self,
             "_head_fit",
-            engine.make_member_fit(apply_head, self.tx, self.strategy.loss, self.batch_size, **options),
+            engine.make_member_fit(
+                functools.partial(apply_head, path=self.classifier),
+                self.tx,
+                self.strategy.loss,
+                self.batch_size,
+                **options,
+            ),
         )
         traced = functools.partial(engine.limit_traces, n=self.max_traces)
         object.__setattr__(self, "_init", jax.jit(traced(self._init_members), static_argnames="num_points"))

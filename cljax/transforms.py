@@ -111,6 +111,35 @@ def exclude_mask(*names: str) -> Callable[[Params], Params]:
     return mask_fn
 
 
+def path_keys(path: str) -> tuple[str, ...]:
+    """``"head"`` or ``"decoder/out"``: the dict keys of a layer under ``params['params']``."""
+    return tuple(k for k in path.split("/") if k)
+
+
+def exclude_path(path: str) -> Callable[[Params], Params]:
+    """Mask (for ``optax.masked``) that is False for every leaf of the layer at ``path`` (``"head"``,
+    ``"decoder/out"``: dict keys below ``params['params']``, or below the root of a tree without it)."""
+    keys = path_keys(path)
+
+    def mask_fn(params: Params) -> Params:
+        def keep(tree_path, _leaf) -> bool:
+            names = [k.key for k in tree_path if isinstance(k, jax.tree_util.DictKey)]
+            if names[:1] == ["params"]:
+                names = names[1:]
+            return tuple(names[: len(keys)]) != keys
+
+        return jax.tree_util.tree_map_with_path(keep, params)
+
+    return mask_fn
+
+
+def _like_updates(tree: Params, updates: Params) -> Params:
+    """``tree`` (a full parameter tree) with ``updates``' ``MaskedNode`` placeholders: under
+    ``optax.masked`` or ``optax.multi_transform`` the updates are masked but an extra argument
+    such as ``task_grads`` arrives whole (unless ``mask_compatible_extra_args=True``); either works."""
+    return jax.tree.map(lambda u, t: u if _is_masked(u) else t, updates, tree, is_leaf=_is_masked)
+
+
 def _maybe_masked(tx: optax.GradientTransformation, mask: Mask | None) -> optax.GradientTransformationExtraArgs:
     if mask is None:
         return optax.with_extra_args_support(tx)
@@ -118,14 +147,23 @@ def _maybe_masked(tx: optax.GradientTransformation, mask: Mask | None) -> optax.
     return optax.masked(tx, mask, mask_compatible_extra_args=True)
 
 
-def quadratic_anchor_penalty(strength: float, mask: Mask | None = None) -> optax.GradientTransformationExtraArgs:
+def quadratic_anchor_penalty(
+    strength: float | optax.Schedule, mask: Mask | None = None
+) -> optax.GradientTransformationExtraArgs:
     """Adds ``strength·F̂·(θ − Θ*)`` to the incoming gradient (EWC/SI penalty, eq. 6-7).
+
+    ``strength`` is a float or, as in ``optax.add_decayed_weights``, a schedule ``count -> λ``
+    (``optax.inject_hyperparams`` then evaluates it at each update's step count; the state still
+    holds the ``QuadraticAnchorState`` that ``anchor_state``/``replace_anchor_state`` reach).
 
     The state starts with Θ* = the initial params and F̂ = 0, so until ``replace_anchor_state``
     sets an importance the chain computes exactly the base optimizer's updates. Put it first in
     the chain: the penalty gradient then goes through the base optimizer like the task gradient
     (eq. 7 for plain SGD: θ' = θ − η·g − η·λ·F̂·(θ − θ*)); stability needs η·λ·max F̂ ≤ 1.
     """
+
+    if callable(strength):
+        return optax.inject_hyperparams(quadratic_anchor_penalty, static_args="mask")(strength=strength, mask=mask)
 
     def init_fn(params: Params) -> QuadraticAnchorState:
         return QuadraticAnchorState(
@@ -153,7 +191,9 @@ def si_path_tracker(mask: Mask | None = None) -> optax.GradientTransformationExt
 
     Place it last in the chain: its input ``updates`` is then the update Δθ that
     ``optax.apply_updates`` applies, whatever the base optimizer. ``g`` is the raw task-loss
-    gradient (without the penalty), passed as ``tx.update(..., task_grads=g)``.
+    gradient (without the penalty), passed as ``tx.update(..., task_grads=g)``. Under
+    ``optax.masked(si_path_tracker(), m)`` or ``optax.multi_transform`` no flag is needed: ``g`` may
+    be the full gradient (or one masked like the updates).
     """
 
     def init_fn(params: Params) -> SIPathState:
@@ -163,6 +203,7 @@ def si_path_tracker(mask: Mask | None = None) -> optax.GradientTransformationExt
         del params, extra_args
         if task_grads is None:
             raise ValueError("si_path_tracker needs the raw task gradient: tx.update(..., task_grads=grads)")
+        task_grads = _like_updates(task_grads, updates)
         path = jax.tree.map(lambda acc, g, delta: acc - (g * delta).astype(acc.dtype), state.path, task_grads, updates)
         return updates, state._replace(path=path)
 
@@ -279,14 +320,15 @@ class FrozenBodyState(NamedTuple):
 
 
 def freeze_body(head: str = "head") -> optax.GradientTransformationExtraArgs:
-    """Zeroes the updates of every parameter outside the dict key ``head`` while frozen.
+    """Zeroes the updates of every parameter outside the classifier layer at path ``head`` (a key of
+    ``params['params']``, or ``"a/b"`` for a nested one) while frozen.
 
     Put it last in the chain: the body's applied update is then exactly zero and Θ̄ stays
     bitwise unchanged whatever the base optimizer. The flag starts False; strategies set it
     with ``set_frozen`` (CWR: Θ̄ learns on B_1 only, Alg. 1 lines 7-8). The engine trains a
     frozen body's batches on cached penultimate features when that gives the same result.
     """
-    body = exclude_mask(head)
+    body = exclude_path(head)
 
     def init_fn(params: Params) -> FrozenBodyState:
         del params

@@ -134,7 +134,7 @@ def test_tensorboard_scalars_read_back(tmp_path):
     assert points == [(1, 0.25), (2, 0.5)]
 
 
-def test_tensorboard_batch_event_writes_its_scalars_and_accuracy_matrix_row(tmp_path):
+def test_tensorboard_batch_event_writes_its_scalars_and_accuracy_row(tmp_path):
     pytest.importorskip("tensorboard", reason="tensorboard is not installed (pip install -e '.[test]' installs it)")
     from tensorboard.backend.event_processing import event_accumulator
 
@@ -148,7 +148,7 @@ def test_tensorboard_batch_event_writes_its_scalars_and_accuracy_matrix_row(tmp_
             "num_batches": 10,
             "accuracy": 0.1 * i,
             "seen_accuracy": 0.2 * i,
-            "accuracy_matrix_row": row,
+            "accuracy_row": row,
             "loss": 3.0 - i,
             "total_steps": 40 * (i + 1) + 100 * (i == 2),
             "seconds": 1.5,

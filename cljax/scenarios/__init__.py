@@ -4,6 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from cljax.scenarios.arrays import (
+    FixedScenarios,
+    dataset_from_arrays,
+    nc_from_arrays,
+    ni_from_arrays,
+    scenario_dataset,
+)
 from cljax.scenarios.base import (
     BenchmarkProtocol,
     DataError,
@@ -77,6 +84,11 @@ __all__ = [
     "DATASETS",
     "Dataset",
     "DataError",
+    "FixedScenarios",
+    "dataset_from_arrays",
+    "nc_from_arrays",
+    "ni_from_arrays",
+    "scenario_dataset",
     "IncrementalBatch",
     "NCProtocol",
     "Scenario",

@@ -215,6 +215,10 @@ def nc_scenario(
     """
     if sorted(class_order) != list(range(dataset.num_classes)):
         raise ValueError(f"class_order must be a permutation of 0..{dataset.num_classes - 1}, got {list(class_order)}")
+    labels = np.asarray(dataset.train_y)
+    if labels.size and (labels.min() < 0 or labels.max() >= dataset.num_classes):
+        bad = labels[(labels < 0) | (labels >= dataset.num_classes)][0]
+        raise DataError(f"dataset {dataset.name!r} has training label {int(bad)}, outside [0, {dataset.num_classes})")
     groups = split_classes(class_order, classes_per_batch, first_batch_classes)
     if num_batches:
         if num_batches > len(groups):

@@ -9,6 +9,7 @@ shape and dtype, classes, batches, largest traced values over the grid points) t
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -38,9 +39,13 @@ def strategy_spec(name: str) -> StrategySpec:
     return STRATEGIES[name]
 
 
-def make_strategy(name: str, hparams: Mapping[str, Any] | None = None, stream: StreamShape | None = None) -> Strategy:
-    """The strategy ``name`` built from its static hyperparameters (defaults where absent) and, for
-    the strategies that size their state by it, the ``stream`` (under ``hparams["stream"]``)."""
+def make_strategy(
+    name: str, hparams: Mapping[str, Any] | None = None, stream: StreamShape | None = None, classifier: str = "head"
+) -> Strategy:
+    """The strategy ``name`` built from its static hyperparameters (defaults where absent); for
+    the strategies that size their state by it, the ``stream`` (under ``hparams["stream"]``).
+    ``classifier`` is the path of the model's classifier layer (``config.classifier``), given to
+    factories that take a ``classifier`` argument (those that touch the head: CWR, CWR+, AR1)."""
     spec = strategy_spec(name)
     values = {k: p.default for k, p in spec.hparams.items()}
     values.update(hparams or {})
@@ -48,6 +53,8 @@ def make_strategy(name: str, hparams: Mapping[str, Any] | None = None, stream: S
     if stream is not None:  # traced values not given by a grid: this strategy's own
         own = {k: float(values[k]) for k in spec.traced_names() if gridable(spec.hparams[k])}
         static[STREAM] = dataclasses.replace(stream, largest={**own, **stream.largest})
+    if "classifier" in inspect.signature(spec.factory).parameters:
+        return spec.factory(static, classifier=classifier)
     return spec.factory(static)
 
 

@@ -11,7 +11,11 @@ A continual-learning strategy is fully described by
   restart from the initial weights, consolidate). ``extras`` is a dict of per-example
   arrays the loss reads besides ``x`` and ``y`` (LwF's soft targets), the same keys and
   shapes every batch; ``{}`` for most strategies;
-- ``loss(logits, minibatch, strategy_state)``: per-example task loss;
+- ``loss(logits, minibatch, strategy_state, logit_mask)``: per-example task loss. ``logits`` are
+  masked already (-1e9 outside the training head); ``logit_mask`` (bool, [C], or [B, C] in the
+  multi-task setting) names the head's classes, so a loss that spreads mass over classes (label
+  smoothing, distillation) can keep it on the head (``optax.smooth_labels`` over all C classes
+  would put mass on -1e9 logits: a loss near 1e8);
 - ``eval_params(state)``: the parameters evaluation uses (CWR: Θ̄ with cw) and whose change
   per batch the diagnostics report;
 - ``logits(state, x, apply_fn)`` (optional): the scores evaluation classifies with; None is

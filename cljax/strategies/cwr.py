@@ -53,33 +53,36 @@ def gaussian_head(key: jax.Array, tw: head.Params, std: jax.Array) -> head.Param
     }
 
 
-def transform(base_tx: optax.GradientTransformation, train_bias: bool = False) -> optax.GradientTransformation:
-    head_tx = base_tx if train_bias else head.freeze_head_bias(base_tx)  # footnote 4: weights only
-    return optax.chain(head_tx, transforms.freeze_body(HEAD))
+def transform(
+    base_tx: optax.GradientTransformation, train_bias: bool = False, path: str = HEAD
+) -> optax.GradientTransformation:
+    head_tx = base_tx if train_bias else head.freeze_head_bias(base_tx, path)  # footnote 4: weights only
+    return optax.chain(head_tx, transforms.freeze_body(path))
 
 
-def before_batch(state: TrainState, ctx: BatchContext) -> tuple[TrainState, Data]:
-    tw = gaussian_head(ctx.key, head.head_of(state.params), ctx.hparams["init_std"])
-    params = head.with_head(state.params, tw)
+def before_batch(state: TrainState, ctx: BatchContext, path: str = HEAD) -> tuple[TrainState, Data]:
+    tw = gaussian_head(ctx.key, head.head_of(state.params, path), ctx.hparams["init_std"])
+    params = head.with_head(state.params, tw, path)
     return TrainState(params, head.fresh_optimizer(params, ctx.tx, ctx.index), state.strategy_state), {}
 
 
-def after_batch(state: TrainState, ctx: BatchContext) -> TrainState:
+def after_batch(state: TrainState, ctx: BatchContext, path: str = HEAD) -> TrainState:
     w = jnp.where(ctx.index == 0, ctx.hparams["w_first"], ctx.hparams["w_rest"])
-    scaled = jax.tree.map(lambda t: (w * t).astype(t.dtype), head.head_of(state.params))
+    scaled = jax.tree.map(lambda t: (w * t).astype(t.dtype), head.head_of(state.params, path))
     return state._replace(strategy_state=head.consolidate(state.strategy_state, scaled, ctx.class_counts))
 
 
-def cwr(hparams: Mapping[str, Any] | None = None) -> Strategy:
+def cwr(hparams: Mapping[str, Any] | None = None, classifier: str = HEAD) -> Strategy:
     # w_first, w_rest and init_std are traced: they arrive in ctx.hparams.
     train_bias = False if hparams is None else bool(hparams["train_bias"])
+    on = functools.partial
     return Strategy(
         name="cwr",
-        transform=functools.partial(transform, train_bias=train_bias),
-        init=head.init_head_state,
-        before_batch=before_batch,
-        after_batch=after_batch,
-        eval_params=head.eval_with_cw,
+        transform=on(transform, train_bias=train_bias, path=classifier),
+        init=on(head.init_head_state, path=classifier),
+        before_batch=on(before_batch, path=classifier),
+        after_batch=on(after_batch, path=classifier),
+        eval_params=on(head.eval_with_cw, path=classifier),
     )
 
 

@@ -34,29 +34,30 @@ HPARAMS = {
 TRAINING = {"epochs": 20, "lr": 0.02}
 
 
-def transform(base_tx: optax.GradientTransformation) -> optax.GradientTransformation:
-    return optax.chain(head.freeze_head_bias(base_tx), transforms.freeze_body(HEAD))
+def transform(base_tx: optax.GradientTransformation, path: str = HEAD) -> optax.GradientTransformation:
+    return optax.chain(head.freeze_head_bias(base_tx, path), transforms.freeze_body(path))
 
 
-def before_batch(state: TrainState, ctx: BatchContext) -> tuple[TrainState, Data]:
-    params = head.reset_head(state.params, state.strategy_state, ctx.class_counts)  # Alg. 2 line 5
+def before_batch(state: TrainState, ctx: BatchContext, path: str = HEAD) -> tuple[TrainState, Data]:
+    params = head.reset_head(state.params, state.strategy_state, ctx.class_counts, path)  # Alg. 2 line 5
     return TrainState(params, head.fresh_optimizer(params, ctx.tx, ctx.index), state.strategy_state), {}
 
 
-def after_batch(state: TrainState, ctx: BatchContext, avg: str) -> TrainState:
-    consolidated = head.consolidate_mean_shift(state.strategy_state, state.params, ctx.class_counts, avg)
+def after_batch(state: TrainState, ctx: BatchContext, avg: str, path: str = HEAD) -> TrainState:
+    consolidated = head.consolidate_mean_shift(state.strategy_state, state.params, ctx.class_counts, avg, path)
     return state._replace(strategy_state=consolidated)  # Alg. 2 line 10
 
 
-def cwr_plus(hparams: Mapping[str, Any] | None = None) -> Strategy:
+def cwr_plus(hparams: Mapping[str, Any] | None = None, classifier: str = HEAD) -> Strategy:
     avg = "batch" if hparams is None else hparams["avg"]
+    on = functools.partial
     return Strategy(
         name="cwr_plus",
-        transform=transform,
-        init=head.init_head_state,
-        before_batch=before_batch,
-        after_batch=functools.partial(after_batch, avg=avg),
-        eval_params=head.eval_with_cw,
+        transform=on(transform, path=classifier),
+        init=on(head.init_head_state, path=classifier),
+        before_batch=on(before_batch, path=classifier),
+        after_batch=on(after_batch, avg=avg, path=classifier),
+        eval_params=on(head.eval_with_cw, path=classifier),
     )
 
 

@@ -100,9 +100,13 @@ def nearest_mean_scores(f_NxD: jax.Array, means_CxD: jax.Array, has_mean_C: jax.
     return jnp.where(has_mean_C, -squared, MASKED_LOGIT)
 
 
-def icarl_loss(logits_BxC: jax.Array, batch: Data, strategy_state: dict[str, Any]) -> jax.Array:
+def icarl_loss(
+    logits_BxC: jax.Array, batch: Data, strategy_state: dict[str, Any], logit_mask: jax.Array | None = None
+) -> jax.Array:
     """Per example: mean over classes of the sigmoid binary cross-entropy, targets one-hot except for
-    the old classes, whose targets are the old network's sigmoid outputs (distillation)."""
+    the old classes, whose targets are the old network's sigmoid outputs (distillation). Classes
+    outside the training head have logits -1e9 and targets 0: they add nothing to the sum."""
+    del logit_mask
     onehot = jax.nn.one_hot(batch["y"], logits_BxC.shape[-1], dtype=logits_BxC.dtype)
     targets = jnp.where(strategy_state["old_classes"], batch[OLD_OUTPUTS], onehot)
     return jnp.mean(optax.sigmoid_binary_cross_entropy(logits_BxC, targets), axis=-1)

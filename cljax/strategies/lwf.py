@@ -68,9 +68,14 @@ def lwf_lambda(batch_sizes_T: jax.Array, index: jax.Array, map_from, map_to) -> 
     return jnp.where(index == 0, 0.0, lam).astype(jnp.float32)
 
 
-def lwf_loss(logits_BxC: jax.Array, batch: Data, strategy_state: dict[str, jax.Array]) -> jax.Array:
+def lwf_loss(
+    logits_BxC: jax.Array, batch: Data, strategy_state: dict[str, jax.Array], logit_mask: jax.Array | None = None
+) -> jax.Array:
     """Per-example eq. 3: CE(ŷ, (1 − λ)·onehot(y) + λ·ŷ_lwf); MT (sec. 2.1): eq. 2 with
-    L_cross over the batch's new classes and the distillation term over the old classes."""
+    L_cross over the batch's new classes and the distillation term over the old classes. Both
+    targets are zero outside the training head already (ŷ_lwf is a softmax over it), so
+    ``logit_mask`` is not needed."""
+    del logit_mask
     lam = strategy_state["lambda"]
     if MT_KEY in batch:
         new = mask_logits(logits_BxC, strategy_state["new_classes"])
