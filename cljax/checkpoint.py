@@ -183,15 +183,21 @@ def config_differences(stored: dict[str, Any], config: dict[str, Any]) -> list[s
     ]
 
 
-def check_workdir(workdir: str, config) -> None:
-    """Refuses a workdir holding results of another config; reads only, writes nothing."""
+def check_workdir(workdir: str, config) -> bool:
+    """Whether the workdir's results must be discarded first: True when it holds results of another
+    config and ``config.overwrite`` allows it; refuses them (``CheckpointError``) without it. Results
+    of the same config resume, with or without ``overwrite``: rerunning a command always resumes.
+    Reads only, writes nothing."""
     stored = stored_config(workdir)
     if stored is None:
-        return
+        return False
     differences = config_differences(stored[0], config.to_dict())
+    if differences and config.overwrite:
+        return True
     if differences:
         shown = "; ".join(differences[:3]) + (f"; and {len(differences) - 3} more" if len(differences) > 3 else "")
         raise CheckpointError(
             f"workdir {workdir!r} holds results of a different config ({shown}; see {stored[1]}); "
             "rerun with --config.overwrite=True to discard them, or use a new --workdir"
         )
+    return False

@@ -26,6 +26,7 @@ import numpy as np
 
 from cljax import checkpoint, diagnostics, engine, mesh, metrics, monitor, stream
 from cljax import grid as grid_lib
+from cljax import workdir as workdir_lib
 from cljax.config import ConfigError, strategy_grid, strategy_hparams, strategy_names, validate, validate_point
 from cljax.files import write_json_atomic  # noqa: F401  (re-exported: the results writer)
 from cljax.models import build_model
@@ -585,19 +586,29 @@ def run_experiment(
     of the same config resumes from its last completed batch (exactly: a run's randomness derives
     from its key alone); one holding another config is refused unless ``config.overwrite``.
     """
-    from cljax import report  # matplotlib: imported only when a job runs
-
     dataset, names = prepare(config)
+    workdir_lib.check_path(workdir)
     primary = is_primary()
     jobs = {}
     display = monitor.ProgressDisplay() if show_progress and primary else None
     for name in names:  # builds every program (and checks init_checkpoint) before anything is written
         jobs[name] = StrategyJob.build(config, name, dataset, display)
-    if config.overwrite and primary:
-        clear_workdir(workdir)
-    elif not config.overwrite:
-        checkpoint.check_workdir(workdir, config)
-    mesh.sync("workdir checked")  # no process writes before every process has read the workdir
+    checkpoint.check_workdir(workdir, config)  # reads only: a refusal leaves the workdir as it was
+    if not primary:
+        mesh.sync("workdir checked")  # no process writes before every process has read the workdir
+        return _run_jobs(config, workdir, dataset, names, jobs, log, display)
+    with workdir_lib.WorkdirLock(workdir):  # one job per workdir, for the whole job
+        if checkpoint.check_workdir(workdir, config):  # again under the lock: another job may have written
+            clear_workdir(workdir)  # overwrite=True, and the workdir holds another config's results
+        mesh.sync("workdir checked")
+        return _run_jobs(config, workdir, dataset, names, jobs, log, display)
+
+
+def _run_jobs(config, workdir: str, dataset: Dataset, names: list[str], jobs: dict, log, display) -> dict:
+    """``run_experiment`` once everything is validated and the workdir locked and checked."""
+    from cljax import report  # matplotlib: imported only when a job runs
+
+    primary = is_primary()
     checkpoints = checkpoint.Checkpoints(os.path.join(workdir, checkpoint.CHECKPOINTS_DIR))
     latest = checkpoints.latest_step()
     saved = checkpoints.progress(latest) if latest is not None else None
