@@ -26,6 +26,7 @@ HEADS = ("default", "maximal", "expanding")
 SETTINGS = ("sit", "mt")
 VMAP_RUNS = ("auto", "true", "false")
 FEATURE_CACHE = ("auto", "on", "off")
+MAX_SEED = 2**32  # jax.random.key keeps a seed's low 32 bits: seed 2**32 would repeat seed 0's streams
 # Fields that cannot change any result; a workdir's checkpoints resume even when they differ.
 RESUME_IGNORED_FIELDS = ("overwrite", "compilation_cache", "distributed")
 
@@ -201,8 +202,8 @@ def validate(config) -> None:
     _check(len(set(names)) == len(names), f"strategies={config.strategies!r} names a strategy twice")
     _positive_int(config.num_runs, "num_runs")
     _check(
-        isinstance(config.seed, int) and config.seed >= 0,
-        f"seed={config.seed!r} is invalid; it must be an integer >= 0",
+        isinstance(config.seed, int) and not isinstance(config.seed, bool) and 0 <= config.seed < MAX_SEED,
+        f"seed={config.seed!r} is invalid; it must be an integer in [0, 2**32) (a PRNG key holds 32 bits of seed)",
     )
     _positive_int(config.classes_per_batch, "classes_per_batch")
     for field in ("first_batch_classes", "num_batches"):

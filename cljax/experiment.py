@@ -235,6 +235,29 @@ class StrategyJob:
         return [Chunk((run,), (point,)) for point in range(len(self.points)) for run in range(num_runs)]
 
 
+def device_memory_bytes() -> int:
+    """The first local device's memory limit (accelerators), else the host's physical memory (CPU)."""
+    stats = jax.local_devices()[0].memory_stats() or {}
+    if stats.get("bytes_limit"):
+        return int(stats["bytes_limit"])
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_memory(job: StrategyJob, dataset: Dataset, num_runs: int) -> None:
+    """Refuses (``ConfigError``) a job whose mini-batches alone cannot fit on the device: every member
+    trained at once holds a float32 mini-batch of ``batch_size`` rows. An estimate from below (the
+    activations come on top): it catches a mistyped batch size before anything is written."""
+    members = (num_runs * len(job.points)) if job.vmap else 1
+    row = 4 * int(np.prod(dataset.input_shape))
+    need = members * job.program.batch_size * row
+    have = device_memory_bytes()
+    if need > have:
+        raise ConfigError(
+            f"{job.name}: batch_size={job.program.batch_size} needs at least {need / 2**30:.1f} GiB for its "
+            f"mini-batches ({members} member(s) x batch_size x {row} bytes); the device has {have / 2**30:.1f} GiB"
+        )
+
+
 def is_primary() -> bool:
     """Process 0 of a multi-host job (or the only process): the one that writes results and reports."""
     return jax.process_index() == 0
@@ -593,6 +616,7 @@ def run_experiment(
     display = monitor.ProgressDisplay() if show_progress and primary else None
     for name in names:  # builds every program (and checks init_checkpoint) before anything is written
         jobs[name] = StrategyJob.build(config, name, dataset, display)
+        check_memory(jobs[name], dataset, config.num_runs)
     checkpoint.check_workdir(workdir, config)  # reads only: a refusal leaves the workdir as it was
     if not primary:
         mesh.sync("workdir checked")  # no process writes before every process has read the workdir

@@ -66,3 +66,43 @@ def test_lock_dies_with_a_killed_holder(tmp_path):
     holder.wait(timeout=60)
     with workdir.WorkdirLock(path):  # no stale lock
         pass
+
+
+LATE_FAILURES = {  # each passes the early field checks and fails a later one
+    "seed beyond 32 bits": dict(seed=2**32),
+    "huge seed": dict(seed=10**20),
+    "mini-batches beyond the device's memory": dict(batch_size=10**12),
+    "missing data files": dict(dataset="fashion_mnist", data_dir="/nonexistent/fashion"),
+}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A workdir holding a finished tiny job."""
+    path = str(tmp_path_factory.mktemp("finished") / "w")
+    assert main.run(tiny(), path) == 0
+    return path
+
+
+@pytest.mark.parametrize("changes", LATE_FAILURES.values(), ids=LATE_FAILURES)
+def test_overwrite_discards_nothing_when_a_check_fails(finished, tmp_path, capsys, changes):
+    """overwrite=True with another config that fails a check: exit 2, one line, the old results
+    untouched; on a new workdir nothing is created."""
+    before = files_of(finished)
+    config = tiny(overwrite=True, lr=0.01, **changes)
+    assert main.run(config, finished) == 2
+    one_error_line(capsys.readouterr().err)
+    assert files_of(finished) == before
+    fresh = tmp_path / "new"
+    assert main.run(config, str(fresh)) == 2
+    one_error_line(capsys.readouterr().err)
+    assert not fresh.exists()
+
+
+def test_seed_range(capsys):
+    from cljax.config import ConfigError, validate
+
+    validate(tiny(seed=2**32 - 1))
+    for seed in (2**32, 2**40, -1, True):
+        with pytest.raises(ConfigError, match=r"seed=.* it must be an integer in \[0, 2\*\*32\)"):
+            validate(tiny(seed=seed))
