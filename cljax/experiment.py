@@ -15,9 +15,10 @@ import glob
 import os
 import pickle
 import shutil
+import sys
 import time
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -28,7 +29,7 @@ from cljax import checkpoint, diagnostics, engine, mesh, metrics, monitor, strea
 from cljax import grid as grid_lib
 from cljax import workdir as workdir_lib
 from cljax.config import ConfigError, strategy_grid, strategy_hparams, strategy_names, validate, validate_point
-from cljax.files import write_json_atomic  # noqa: F401  (re-exported: the results writer)
+from cljax.files import write_json_atomic  # also re-exported: the results writer
 from cljax.models import build_model
 from cljax.models.pretrained import merge_pretrained, restore_params
 from cljax.scenarios import DataError, Dataset, Scenario, build_scenario, load_dataset, nc_capacity
@@ -582,18 +583,68 @@ def _report_divergence(checkpoints: checkpoint.Checkpoints, record: dict, name: 
 
 
 def clear_workdir(workdir: str) -> None:
-    """``--config.overwrite=True``: removes what this program writes into the workdir (checkpoints,
-    results.json, diagnostics_*.npz, report/, tensorboard/), nothing else."""
-    for directory in (checkpoint.CHECKPOINTS_DIR, "report", "tensorboard"):
+    """``--config.overwrite=True`` on another config's workdir: removes what this program writes into
+    it (config.json, checkpoints/, runs/, results.json, diagnostics_*.npz, report/, tensorboard/),
+    nothing else (the lock file stays: it is held)."""
+    for directory in (checkpoint.CHECKPOINTS_DIR, checkpoint.RUNS_DIR, "report", "tensorboard"):
         shutil.rmtree(os.path.join(workdir, directory), ignore_errors=True)
     here = glob.escape(workdir)
-    outputs = [os.path.join(here, checkpoint.RESULTS_FILE), diagnostics.diagnostics_path(here, "*")]
+    outputs = [
+        os.path.join(here, checkpoint.CONFIG_FILE),
+        os.path.join(here, checkpoint.RESULTS_FILE),
+        diagnostics.diagnostics_path(here, "*"),
+    ]
     for path in [p for pattern in outputs for p in glob.glob(pattern)]:
         os.unlink(path)
 
 
-def finished_runs(entry: Mapping[str, Any]) -> set[int]:
-    return {int(record["run"]) for record in entry.get("runs", [])}
+def warn(text: str) -> None:
+    """One line on stderr from process 0."""
+    if is_primary():
+        print(f"warning: {text}", file=sys.stderr, flush=True)
+
+
+def finished_records(workdir: str, config) -> dict[tuple[str, int], dict]:
+    """Every finished run's record by (results entry, run): from ``runs/`` (one file per finished chunk),
+    and from results.json for runs missing there (a workdir's results.json holds this config's runs:
+    ``check_workdir``). A damaged file gets one warning line; its runs are trained again."""
+    finished: dict[tuple[str, int], dict] = {}
+    if os.path.exists(os.path.join(workdir, checkpoint.RESULTS_FILE)):
+        try:
+            saved = diagnostics.read_results(workdir)
+            if not checkpoint.config_differences(saved["config"], config.to_dict()):
+                for entry, values in saved["strategies"].items():
+                    finished.update({(entry, int(record["run"])): record for record in values.get("runs", [])})
+        except (OSError, ValueError, KeyError, TypeError, zlib.error) as e:
+            warn(f"{os.path.join(workdir, checkpoint.RESULTS_FILE)} cannot be read ({e}); its runs are trained again")
+    from_files, damaged = checkpoint.load_finished(workdir)
+    finished.update(from_files)
+    for path, why in damaged:
+        warn(f"{path} is damaged ({why}); runs missing elsewhere are trained again")
+    return finished
+
+
+def newest_checkpoint(checkpoints: checkpoint.Checkpoints) -> int | None:
+    """The newest intact step; damaged newer ones are removed, with one warning line."""
+    step, damaged = checkpoints.newest_intact()
+    if damaged:
+        instead = f"resuming from {checkpoints.path(step)}" if step is not None else "no intact checkpoint is left"
+        reasons = "; ".join(f"{checkpoints.path(s)}: {why}" for s, why in damaged)
+        warn(f"skipping damaged checkpoint(s) ({reasons}); {instead}")
+        if is_primary():
+            checkpoints.discard(s for s, _ in damaged)
+    return step
+
+
+def add_finished(results: dict, members: list[tuple[str, dict]], chunk: Chunk, job: StrategyJob) -> None:
+    """A finished chunk's records into ``results`` (runs in order) and its entries' summaries."""
+    for entry_name, record in members:
+        entry = results["strategies"][entry_name]
+        entry["runs"] = sorted([*entry["runs"], record], key=lambda rec: rec["run"])
+    for point in chunk.points:
+        entry = results["strategies"][job.entry(point)]
+        complete = [rec for rec in entry["runs"] if rec["diverged"] is None]
+        entry["summary"] = metrics.summarize(complete) if complete else None
 
 
 def run_experiment(
@@ -633,15 +684,16 @@ def _run_jobs(config, workdir: str, dataset: Dataset, names: list[str], jobs: di
     from cljax import report  # matplotlib: imported only when a job runs
 
     primary = is_primary()
+    if primary and not os.path.exists(os.path.join(workdir, checkpoint.CONFIG_FILE)):
+        write_json_atomic(os.path.join(workdir, checkpoint.CONFIG_FILE), config.to_dict())
+    finished = finished_records(workdir, config)
     checkpoints = checkpoint.Checkpoints(os.path.join(workdir, checkpoint.CHECKPOINTS_DIR))
-    latest = checkpoints.latest_step()
+    latest = newest_checkpoint(checkpoints)
+    mesh.sync("checkpoints checked")
     saved = checkpoints.progress(latest) if latest is not None else None
-    results: dict[str, Any] = {
-        "config": config.to_dict(),
-        "strategies": saved["results"]["strategies"] if saved else {},
-    }
+    results: dict[str, Any] = {"config": config.to_dict(), "strategies": {}}
     in_flight = [rec for row in saved["records"] for rec in row] if saved else []
-    for record in [rec for entry in results["strategies"].values() for rec in entry["runs"]] + in_flight:
+    for record in [*finished.values(), *in_flight]:
         if record["diverged"] and record["diverged"]["checkpoint_step"] is not None:
             checkpoints.keep(record["diverged"]["checkpoint_step"])
     scalars = monitor.tensorboard_writer(os.path.join(workdir, "tensorboard")) if primary else None
@@ -662,8 +714,9 @@ def _run_jobs(config, workdir: str, dataset: Dataset, names: list[str], jobs: di
                 entry.update(strategy=name, hparams=dict(values))
         for chunk in job.chunks(config.num_runs):
             k, chunk_index = chunk_index, chunk_index + 1
-            members = [(run, point) for run in chunk.runs for point in chunk.points]
-            if all(run in finished_runs(results["strategies"][job.entry(p)]) for run, p in members):
+            members = [(job.entry(point), run) for run in chunk.runs for point in chunk.points]
+            if all(member in finished for member in members):
+                add_finished(results, [(entry, finished[entry, run]) for entry, run in members], chunk, job)
                 continue
             scenarios = [build_scenario(config, r, dataset) for r in chunk.runs]
             progress = start_chunk(job, chunk, scenarios)
@@ -682,7 +735,6 @@ def _run_jobs(config, workdir: str, dataset: Dataset, names: list[str], jobs: di
                     "batch": batch,
                     "records": chunk_progress.records,
                     "alive": chunk_progress.alive.tolist(),
-                    "results": results,
                 }
                 checkpoints.save(k * num_batches + batch, chunk_progress.states, payload)
 
@@ -700,16 +752,14 @@ def _run_jobs(config, workdir: str, dataset: Dataset, names: list[str], jobs: di
                 display=display,
                 on_diverged=diverged,
             )
-            for r in range(len(chunk.runs)):
-                for g, point in enumerate(chunk.points):
-                    record = final.records[r][g]
-                    entry = results["strategies"][job.entry(point)]
-                    entry["runs"] = sorted([*entry["runs"], record], key=lambda rec: rec["run"])
-            for point in chunk.points:
-                entry = results["strategies"][job.entry(point)]
-                complete = [rec for rec in entry["runs"] if rec["diverged"] is None]
-                entry["summary"] = metrics.summarize(complete) if complete else None
+            done = [
+                (job.entry(point), final.records[r][g])
+                for r in range(len(chunk.runs))
+                for g, point in enumerate(chunk.points)
+            ]
+            add_finished(results, done, chunk, job)
             if primary:
+                checkpoint.save_finished(workdir, k, done)  # before the next chunk's first checkpoint
                 diagnostics.write_results(workdir, results)  # results.json + diagnostics_<strategy>.npz
     checkpoints.close()
     if primary:

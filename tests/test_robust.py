@@ -106,3 +106,114 @@ def test_seed_range(capsys):
     for seed in (2**32, 2**40, -1, True):
         with pytest.raises(ConfigError, match=r"seed=.* it must be an integer in \[0, 2\*\*32\)"):
             validate(tiny(seed=seed))
+
+
+class Interrupted(Exception):
+    pass
+
+
+def interrupted_workdir(path: str, config, monkeypatch, after_saves: int = 2) -> None:
+    """``path`` as a job leaves it when stopped right after its ``after_saves``-th checkpoint."""
+    from cljax import checkpoint
+
+    save = checkpoint.Checkpoints.save
+    count = [0]
+
+    def save_then_stop(self, *args, **kwargs):
+        save(self, *args, **kwargs)
+        count[0] += 1
+        if count[0] == after_saves:
+            raise Interrupted
+
+    with monkeypatch.context() as m:
+        m.setattr(checkpoint.Checkpoints, "save", save_then_stop)
+        with pytest.raises(Interrupted):
+            main.run(config, path)
+
+
+def results_without_timings(path: str) -> dict:
+    from cljax import diagnostics
+
+    results = diagnostics.read_results(path)
+    for entry in results["strategies"].values():
+        for record in entry["runs"]:
+            record.pop("train_seconds")
+    return results
+
+
+@pytest.fixture(scope="module")
+def reference_3(tmp_path_factory):
+    """Results of the uninterrupted 3-batch job."""
+    path = str(tmp_path_factory.mktemp("reference") / "w")
+    assert main.run(tiny(num_batches=3), path) == 0
+    return results_without_timings(path)
+
+
+def damage(path: str, how: str) -> None:
+    if how == "delete":
+        os.unlink(path)
+    elif how == "truncate":
+        with open(path, "r+b") as f:
+            f.truncate(max(os.path.getsize(path) // 2, 0))
+    else:  # flip one byte in the middle: the size stays
+        with open(path, "r+b") as f:
+            data = bytearray(f.read())
+            data[len(data) // 2] ^= 0xFF
+            f.seek(0)
+            f.write(bytes(data))
+
+
+def test_damaged_newest_checkpoint_falls_back_to_the_intact_one(tmp_path, monkeypatch, capsys, reference_3):
+    """Each file of the newest checkpoint damaged in turn (flipped byte, truncated, deleted): the rerun
+    warns in one line, resumes from the older checkpoint and ends with the uninterrupted results."""
+    import shutil
+
+    template = str(tmp_path / "template")
+    interrupted_workdir(template, tiny(num_batches=3), monkeypatch)
+    steps = sorted(int(d) for d in os.listdir(os.path.join(template, "checkpoints")) if d.isdigit())
+    assert steps == [0, 1]
+    newest = os.path.join(template, "checkpoints", "1")
+    files = sorted(os.path.relpath(os.path.join(d, f), newest) for d, _, names in os.walk(newest) for f in names)
+    assert "cljax_sha256.json" in files and len(files) > 5
+    capsys.readouterr()
+    for i, name in enumerate(files):
+        for how in ("flip", "truncate", "delete") if name == files[0] else [("flip", "truncate", "delete")[i % 3]]:
+            path = str(tmp_path / f"case{i}-{how}")
+            shutil.copytree(template, path)
+            damage(os.path.join(path, "checkpoints", "1", name), how)
+            assert main.run(tiny(num_batches=3), path) == 0, (name, how)
+            out, err = capsys.readouterr()
+            warnings = [line for line in err.splitlines() if line.strip()]
+            assert len(warnings) == 1 and warnings[0].startswith("warning: skipping damaged checkpoint"), (name, err)
+            assert "resuming after batch 1/3" in out, (name, how, out)
+            assert results_without_timings(path) == reference_3, (name, how)
+
+
+def test_finished_runs_are_never_retrained(tmp_path, capsys, reference_3):
+    """A finished job with its checkpoints deleted, then also its runs/ files: the rerun trains nothing
+    (the records are in runs/, then in results.json) and writes the same results."""
+    import shutil
+
+    path = str(tmp_path / "w")
+    assert main.run(tiny(num_batches=3), path) == 0
+    for directory in ("checkpoints", "runs"):
+        shutil.rmtree(os.path.join(path, directory))
+        capsys.readouterr()
+        assert main.run(tiny(num_batches=3), path) == 0
+        out = capsys.readouterr().out
+        assert " batch 1/3" not in out and " batch 3/3" not in out, out
+        assert results_without_timings(path) == reference_3
+
+
+def test_rerun_of_an_overwrite_command_resumes(tmp_path, monkeypatch, capsys, finished):
+    """overwrite=True discards another config's results once; the interrupted command, rerun as it was,
+    resumes instead of starting again."""
+    import shutil
+
+    path = str(tmp_path / "w")
+    shutil.copytree(finished, path)  # results of tiny(): another config than the one below
+    config = tiny(num_batches=3, overwrite=True)
+    interrupted_workdir(path, config, monkeypatch)
+    capsys.readouterr()
+    assert main.run(config, path) == 0
+    assert "resuming after batch 2/3" in capsys.readouterr().out
