@@ -182,12 +182,39 @@ def _validate_core50_fields(config, core50) -> None:
             )
 
 
+def field_paths(tree: Mapping[str, Any], prefix: str = "") -> set[str]:
+    paths = set()
+    for key, value in tree.items():
+        if isinstance(value, Mapping) and value:
+            paths |= field_paths(value, f"{prefix}{key}.")
+        else:
+            paths.add(f"{prefix}{key}")
+    return paths
+
+
+def check_fields(config) -> None:
+    """A config (file) sets exactly ``base_config()``'s fields: a field it adds (a typo such as
+    ``c.learning_rate``) would be ignored, a field it deletes has no value."""
+    known, given = field_paths(base_config().to_dict()), field_paths(config.to_dict())
+    added, deleted = sorted(given - known), sorted(known - given)
+    _check(
+        not added,
+        f"{''.join(added[:1])}: the config has no such field; the fields and their defaults are in cljax/config.py",
+    )
+    _check(
+        not deleted,
+        f"{''.join(deleted[:1])}: the config has no value for this field; a config file changes the fields of "
+        "cljax.config.base_config() and deletes none",
+    )
+
+
 def validate(config) -> None:
     """Raises ConfigError on the first bad field, before any data is read or anything trained."""
     from cljax.models import COMPUTE_DTYPES, MODELS
     from cljax.scenarios import core50, dataset_names
     from cljax.strategies import STRATEGIES
 
+    check_fields(config)
     _check(
         config.dataset in dataset_names(),
         f"dataset={config.dataset!r} is unknown; allowed: {', '.join(dataset_names())}",
@@ -213,8 +240,10 @@ def validate(config) -> None:
             f"{field}={value!r} is invalid; it must be an integer >= 0 (0 = default)",
         )
     _check(
-        len(config.hidden_sizes) > 0 and all(isinstance(h, int) and h > 0 for h in config.hidden_sizes),
-        f"hidden_sizes={tuple(config.hidden_sizes)!r} is invalid; it must be a non-empty list of positive integers",
+        isinstance(config.hidden_sizes, tuple | list)
+        and len(config.hidden_sizes) > 0
+        and all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in config.hidden_sizes),
+        f"hidden_sizes={config.hidden_sizes!r} is invalid; it must be a non-empty list of positive integers",
     )
     _positive_int(config.eval_batch_size, "eval_batch_size")
     for field, allowed in (

@@ -217,3 +217,86 @@ def test_rerun_of_an_overwrite_command_resumes(tmp_path, monkeypatch, capsys, fi
     capsys.readouterr()
     assert main.run(config, path) == 0
     assert "resuming after batch 2/3" in capsys.readouterr().out
+
+
+CONFIG_FILES = {  # config files a user might write by mistake, and a word of the expected line
+    "typo.py": (
+        "from cljax.config import base_config\ndef get_config():\n    c = base_config()\n"
+        "    c.learning_rate = 0.1\n    return c\n",
+        "learning_rate: the config has no such field",
+    ),
+    "typo_section.py": (
+        "from cljax.config import base_config\ndef get_config():\n    c = base_config()\n"
+        "    c.naive.lrr = 0.1\n    return c\n",
+        "naive.lrr: the config has no such field",
+    ),
+    "deleted.py": (
+        "from cljax.config import base_config\ndef get_config():\n    c = base_config()\n"
+        "    del c['lr']\n    return c\n",
+        "lr: the config has no value",
+    ),
+    "no_get_config.py": ("X = 1\n", "get_config"),
+}
+
+
+def test_command_line_mistakes_exit_2_with_one_line(tmp_path):
+    """Config files that add, delete or lack fields, an empty --workdir and a workdir that is a file:
+    exit 2, one line, nothing written (the processes run concurrently: each stops before any jit)."""
+    (tmp_path / "a_file").write_text("")
+    cases = []
+    for name, (text, words) in CONFIG_FILES.items():
+        (tmp_path / name).write_text(text)
+        cases.append(([f"--config={tmp_path / name}", f"--workdir={tmp_path / ('w-' + name)}"], words))
+    cases.append(([f"--config={ROOT}/configs/default.py", "--workdir="], "--workdir is empty"))
+    cases.append(([f"--config={ROOT}/configs/default.py", f"--workdir={tmp_path / 'a_file'}"], "is not a directory"))
+    env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "cljax.main", *args],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for args, _ in cases
+    ]
+    for (args, words), proc in zip(cases, procs, strict=True):
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 2, (args, err)
+        assert words in one_error_line(err), (args, err)
+    assert sorted(os.listdir(tmp_path)) == sorted(["a_file", *CONFIG_FILES])  # no workdir created
+
+
+@pytest.mark.parametrize(
+    ("failure", "code", "words"),
+    [
+        (OSError(28, "No space left on device"), 1, "No space left on device"),
+        (OSError(30, "Read-only file system"), 1, "Read-only file system"),
+        (KeyboardInterrupt(), 130, "interrupted; rerun the same command to resume"),
+    ],
+    ids=["disk full", "read-only", "ctrl-c"],
+)
+def test_environment_failures_and_ctrl_c_give_one_line(tmp_path, monkeypatch, capsys, failure, code, words):
+    from cljax import checkpoint
+
+    def fail(*args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr(checkpoint.Checkpoints, "save", fail)  # the first write of a checkpoint fails
+    assert main.run(tiny(), str(tmp_path / "w")) == code
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and words in lines[0] and "Traceback" not in err, err
+
+
+def test_diverged_run_gives_exit_3(tmp_path, monkeypatch, capsys):
+    """A job whose run diverged ends with its results written and exit code 3 (the divergence itself
+    is simulated: its detection is tests/test_divergence.py's)."""
+    from cljax import experiment
+
+    monkeypatch.setattr(experiment, "divergence", lambda host, r, g, i: {"batch": i, "step": 0, "reason": "test"})
+    path = tmp_path / "w"
+    assert main.run(tiny(), str(path)) == main.EXIT_DIVERGED == 3
+    assert "error: 1 run(s) diverged: naive run 0" in capsys.readouterr().err
+    assert (path / "results.json").exists()
