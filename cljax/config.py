@@ -26,6 +26,7 @@ HEADS = ("default", "maximal", "expanding")
 SETTINGS = ("sit", "mt")
 VMAP_RUNS = ("auto", "true", "false")
 FEATURE_CACHE = ("auto", "on", "off")
+MAX_RUNS = 1000  # the paper averages 10 runs; beyond this a mistyped value is likelier than a study
 MAX_SEED = 2**32  # jax.random.key keeps a seed's low 32 bits: seed 2**32 would repeat seed 0's streams
 # Fields that cannot change any result; a workdir's checkpoints resume even when they differ.
 RESUME_IGNORED_FIELDS = ("overwrite", "compilation_cache", "distributed")
@@ -228,6 +229,11 @@ def validate(config) -> None:
         _check(name in STRATEGIES, f"strategies: {name!r} is unknown; allowed: {', '.join(STRATEGIES)}")
     _check(len(set(names)) == len(names), f"strategies={config.strategies!r} names a strategy twice")
     _positive_int(config.num_runs, "num_runs")
+    _check(
+        config.num_runs <= MAX_RUNS,
+        f"num_runs={config.num_runs} is invalid; at most {MAX_RUNS} (every run of a strategy trains at once "
+        "when vmapped; split larger studies over seeds and workdirs)",
+    )
     _check(
         isinstance(config.seed, int) and not isinstance(config.seed, bool) and 0 <= config.seed < MAX_SEED,
         f"seed={config.seed!r} is invalid; it must be an integer in [0, 2**32) (a PRNG key holds 32 bits of seed)",

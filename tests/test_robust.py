@@ -300,3 +300,27 @@ def test_diverged_run_gives_exit_3(tmp_path, monkeypatch, capsys):
     assert main.run(tiny(), str(path)) == main.EXIT_DIVERGED == 3
     assert "error: 1 run(s) diverged: naive run 0" in capsys.readouterr().err
     assert (path / "results.json").exists()
+
+
+def test_checkpoints_hold_only_the_chunk_in_flight(tmp_path):
+    """Runs one at a time: each finished run is written once, to its own file under runs/; the newest
+    checkpoint's progress holds the chunk in flight only (its size does not grow with finished runs)."""
+    import json
+
+    from cljax import checkpoint
+    from cljax.config import ConfigError, validate
+
+    path = tmp_path / "w"
+    assert main.run(tiny(num_runs=2, vmap_runs="false"), str(path)) == 0
+    files = sorted(os.listdir(path / "runs"))
+    assert files == ["chunk-0.json", "chunk-1.json"]
+    for k, name in enumerate(files):
+        members = json.loads((path / "runs" / name).read_text())["members"]
+        assert [(m["entry"], m["record"]["run"]) for m in members] == [("naive", k)]
+    checkpoints = checkpoint.Checkpoints(str(path / "checkpoints"), writable=False)
+    progress = checkpoints.progress(checkpoints.latest_step())
+    checkpoints.close()
+    assert sorted(progress) == ["alive", "batch", "chunk", "records"] and progress["chunk"] == 1
+    assert [rec["run"] for row in progress["records"] for rec in row] == [1]
+    with pytest.raises(ConfigError, match="num_runs=1001 is invalid; at most 1000"):
+        validate(tiny(num_runs=1001))
