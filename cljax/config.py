@@ -183,21 +183,32 @@ def _validate_core50_fields(config, core50) -> None:
             )
 
 
-def field_paths(tree: Mapping[str, Any], prefix: str = "") -> set[str]:
-    paths = set()
+def field_values(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Every leaf field by its dotted path."""
+    values = {}
     for key, value in tree.items():
         if isinstance(value, Mapping) and value:
-            paths |= field_paths(value, f"{prefix}{key}.")
+            values.update(field_values(value, f"{prefix}{key}."))
         else:
-            paths.add(f"{prefix}{key}")
-    return paths
+            values[f"{prefix}{key}"] = value
+    return values
+
+
+def field_paths(tree: Mapping[str, Any]) -> set[str]:
+    return set(field_values(tree))
 
 
 def check_fields(config) -> None:
     """A config (file) sets exactly ``base_config()``'s fields: a field it adds (a typo such as
     ``c.learning_rate``) would be ignored, a field it deletes has no value."""
-    known, given = field_paths(base_config().to_dict()), field_paths(config.to_dict())
+    defaults, values = field_values(base_config().to_dict()), field_values(config.to_dict())
+    known, given = set(defaults), set(values)
     added, deleted = sorted(given - known), sorted(known - given)
+    for field in sorted(known & given):  # ml_collections lets any field be set to None
+        _check(
+            values[field] is not None or defaults[field] is None,
+            f"{field}=None is invalid; it needs a value (default {defaults[field]!r})",
+        )
     _check(
         not added,
         f"{''.join(added[:1])}: the config has no such field; the fields and their defaults are in cljax/config.py",
@@ -344,6 +355,7 @@ def validate_point(config, name: str, point: Mapping[str, Any]) -> None:
     )
     _check(values["head"] in HEADS, f"{field_name('head')}={values['head']!r} is unknown; allowed: {', '.join(HEADS)}")
     for field, hparam in spec.hparams.items():
+        _check(field in values, f"{name}.{field}=None is invalid; it needs a value (default {hparam.default!r})")
         hparam.validate(values[field], field_name(field))
     if spec.check is not None:
         spec.check(values)

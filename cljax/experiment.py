@@ -647,6 +647,23 @@ def add_finished(results: dict, members: list[tuple[str, dict]], chunk: Chunk, j
         entry["summary"] = metrics.summarize(complete) if complete else None
 
 
+def preflight(
+    config, workdir: str, display: monitor.ProgressDisplay | None = None
+) -> tuple[Dataset, list[str], dict[str, StrategyJob]]:
+    """Every check of a job, before anything is written: the config's fields, the data files, the
+    workdir's path and contents (another config's results), and each strategy's program (the
+    init_checkpoint's shapes, the mesh, the mini-batches' memory). Raises ConfigError/DataError
+    (one sentence); reads only."""
+    dataset, names = prepare(config)
+    workdir_lib.check_path(workdir)
+    jobs = {}
+    for name in names:
+        jobs[name] = StrategyJob.build(config, name, dataset, display)
+        check_memory(jobs[name], dataset, config.num_runs)
+    checkpoint.check_workdir(workdir, config)  # reads only: a refusal leaves the workdir as it was
+    return dataset, names, jobs
+
+
 def run_experiment(
     config, workdir: str, log: Callable[[dict], None] = print_progress, show_progress: bool = True
 ) -> dict:
@@ -660,15 +677,9 @@ def run_experiment(
     of the same config resumes from its last completed batch (exactly: a run's randomness derives
     from its key alone); one holding another config is refused unless ``config.overwrite``.
     """
-    dataset, names = prepare(config)
-    workdir_lib.check_path(workdir)
     primary = is_primary()
-    jobs = {}
     display = monitor.ProgressDisplay() if show_progress and primary else None
-    for name in names:  # builds every program (and checks init_checkpoint) before anything is written
-        jobs[name] = StrategyJob.build(config, name, dataset, display)
-        check_memory(jobs[name], dataset, config.num_runs)
-    checkpoint.check_workdir(workdir, config)  # reads only: a refusal leaves the workdir as it was
+    dataset, names, jobs = preflight(config, workdir, display)
     if not primary:
         mesh.sync("workdir checked")  # no process writes before every process has read the workdir
         return _run_jobs(config, workdir, dataset, names, jobs, log, display)
