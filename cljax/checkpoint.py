@@ -2,15 +2,19 @@
 
 Layout of a workdir::
 
-    <workdir>/results.json          finished runs (experiment.write_json_atomic)
+    <workdir>/config.json           the config the workdir belongs to (written once, first)
+    <workdir>/runs/chunk-<k>.json   the records of finished chunk k, written once, with their SHA-256
+    <workdir>/results.json          all finished runs (rewritten after each chunk; derived from runs/)
     <workdir>/checkpoints/<step>/   one orbax step per completed batch (``ocp.args`` API):
         state/     StandardSave: the stacked states of the chunk of runs in flight: params,
                    optimizer state (anchors Θ* and importances F̂ live there), strategy state
         progress/  JsonSave: chunk, batch, the chunk's run records so far, which of its runs
-                   are alive, and every finished run (the results so far)
+                   are alive (never the finished runs: a step's size does not grow with them)
+        cljax_sha256.json  the SHA-256 of every other file of the step, written once the step is
+                   complete; a step whose files do not match (or without it) is damaged
 
 ``step`` is the batch's position in the experiment (chunk index x batches + batch), so a
-rerun of the same command finds the last completed batch as the latest step. The runs' keys
+rerun of the same command finds the last completed batch as the newest intact step. The runs' keys
 are not stored: they derive from the config's seed. The manager
 keeps the ``MAX_TO_KEEP`` newest steps (disk stays bounded) plus every step named in
 ``keep`` (the last good checkpoint of a run that diverged).
@@ -21,6 +25,8 @@ only once every item is written (``AtomicRenameTemporaryPath``, the default of
 completion"); a half-written step is never listed as a step, and ``cleanup_tmp_directories``
 removes it at the next start. Saves are synchronous: when ``save`` returns, the step is on
 disk, so the progress line printed after it never announces a checkpoint that is not there.
+Damage after the save (a changed, truncated or deleted file) is caught by the checksums
+(``Checkpoints.damage``); the experiment then resumes from the newest intact step.
 """
 
 from __future__ import annotations

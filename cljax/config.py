@@ -95,7 +95,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.compute_dtype = "float32"  # float32 | bfloat16: forward/backward precision (parameters stay float32)
     c.eval_batch_size = 1000  # test examples per evaluation chunk
     # Workdir: rerunning the same command resumes from the last completed batch (cljax/checkpoint.py).
-    c.overwrite = False  # True: discard the workdir's checkpoints and results.json and start again
+    # True: a workdir holding another config's results is cleared (after every check passed) instead of
+    # refused; with this config's results it resumes as without (to start over, delete the workdir).
+    c.overwrite = False
     # Keep compiled programs between runs (JAX's persistent compilation cache in ~/.cache/cljax/xla,
     # or $CLJAX_CACHE_DIR): a rerun skips compilation; results are the same either way.
     c.compilation_cache = True
