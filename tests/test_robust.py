@@ -228,7 +228,7 @@ CONFIG_FILES = {  # config files a user might write by mistake, and a word of th
     "typo_section.py": (
         "from cljax.config import base_config\ndef get_config():\n    c = base_config()\n"
         "    c.naive.lrr = 0.1\n    return c\n",
-        "naive.lrr: the config has no such field",
+        "naive.lrr: strategy 'naive' has no field 'lrr'",
     ),
     "deleted.py": (
         "from cljax.config import base_config\ndef get_config():\n    c = base_config()\n"
