@@ -2,15 +2,19 @@
 
 Layout of a workdir::
 
-    <workdir>/results.json          finished runs (experiment.write_json_atomic)
+    <workdir>/config.json           the config the workdir belongs to (written once, first)
+    <workdir>/runs/chunk-<k>.json   the records of finished chunk k, written once, with their SHA-256
+    <workdir>/results.json          all finished runs (rewritten after each chunk; derived from runs/)
     <workdir>/checkpoints/<step>/   one orbax step per completed batch (``ocp.args`` API):
         state/     StandardSave: the stacked states of the chunk of runs in flight: params,
                    optimizer state (anchors Θ* and importances F̂ live there), strategy state
         progress/  JsonSave: chunk, batch, the chunk's run records so far, which of its runs
-                   are alive, and every finished run (the results so far)
+                   are alive (never the finished runs: a step's size does not grow with them)
+        cljax_sha256.json  the SHA-256 of every other file of the step, written once the step is
+                   complete; a step whose files do not match (or without it) is damaged
 
 ``step`` is the batch's position in the experiment (chunk index x batches + batch), so a
-rerun of the same command finds the last completed batch as the latest step. The runs' keys
+rerun of the same command finds the last completed batch as the newest intact step. The runs' keys
 are not stored: they derive from the config's seed. The manager
 keeps the ``MAX_TO_KEEP`` newest steps (disk stays bounded) plus every step named in
 ``keep`` (the last good checkpoint of a run that diverged).
@@ -21,12 +25,16 @@ only once every item is written (``AtomicRenameTemporaryPath``, the default of
 completion"); a half-written step is never listed as a step, and ``cleanup_tmp_directories``
 removes it at the next start. Saves are synchronous: when ``save`` returns, the step is on
 disk, so the progress line printed after it never announces a checkpoint that is not there.
+Damage after the save (a changed, truncated or deleted file) is caught by the checksums
+(``Checkpoints.damage``); the experiment then resumes from the newest intact step.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 from collections.abc import Iterable
 from typing import Any
 
@@ -38,10 +46,14 @@ from orbax.checkpoint import checkpoint_managers
 
 from cljax.config import RESUME_IGNORED_FIELDS, ConfigError
 from cljax.engine import TrainState
+from cljax.files import write_json_atomic
 
 MAX_TO_KEEP = 2
 CHECKPOINTS_DIR = "checkpoints"
 RESULTS_FILE = "results.json"
+CONFIG_FILE = "config.json"  # the config the workdir's checkpoints and finished runs belong to
+RUNS_DIR = "runs"  # one file per finished chunk of runs: their records, written once
+MANIFEST = "cljax_sha256.json"  # inside each step: the SHA-256 of every other file of the step
 
 
 class CheckpointError(ConfigError):
@@ -85,6 +97,46 @@ class Checkpoints:
             force=True,
         )
         self._manager.wait_until_finished()
+        if jax.process_index() == 0:  # the step is complete on disk: its checksums make it usable
+            write_json_atomic(os.path.join(self.path(step), MANIFEST), {"sha256": file_digests(self.path(step))})
+
+    def damage(self, step: int) -> str | None:
+        """Why step ``step`` cannot be trusted (a file missing, added or changed since it was saved,
+        or no checksums: the save did not finish), or None when every file is as it was written."""
+        try:
+            with open(os.path.join(self.path(step), MANIFEST)) as f:
+                expected = json.load(f)["sha256"]
+        except FileNotFoundError:
+            return "it has no checksums: its save did not finish"
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            return f"its checksums cannot be read ({type(e).__name__})"
+        actual = file_digests(self.path(step))
+        for name in sorted(set(expected) | set(actual)):
+            if name not in actual:
+                return f"{name} is missing"
+            if name not in expected:
+                return f"{name} was not written by the save"
+            if actual[name] != expected[name]:
+                return f"{name} does not match its checksum"
+        return None
+
+    def newest_intact(self) -> tuple[int | None, list[tuple[int, str]]]:
+        """The newest step whose files match their checksums, and the damaged steps newer than it
+        (step, why), newest first."""
+        damaged = []
+        for step in sorted(self._manager.all_steps(), reverse=True):
+            why = self.damage(step)
+            if why is None:
+                return step, damaged
+            damaged.append((step, why))
+        return None, damaged
+
+    def discard(self, steps: Iterable[int]) -> None:
+        """Removes damaged steps (a new save of the same step must find its place free)."""
+        for step in steps:
+            shutil.rmtree(self.path(step), ignore_errors=True)
+        self._manager.close()
+        self._manager = self._open()
 
     def progress(self, step: int) -> dict[str, Any]:
         try:
@@ -136,31 +188,81 @@ def _placed_like(restored: jax.Array, fresh: jax.Array) -> jax.Array:
     return jnp.asarray(np.asarray(restored))
 
 
-def stored_config(workdir: str) -> tuple[dict[str, Any], str] | None:
+def stored_config(workdir: str) -> tuple[dict[str, Any] | None, str] | None:
     """The config a workdir's results were made with, and the file that says so; None if it holds none.
 
-    The newest checkpoint holds the results so far (and so the config); results.json is read
-    when no checkpoint is there.
+    ``config.json`` is written before any checkpoint or finished run; results.json is read when it is
+    absent. ``(None, directory)``: checkpoints or finished runs whose config nothing records.
     """
-    directory = os.path.join(workdir, CHECKPOINTS_DIR)
-    if os.path.isdir(directory):
-        checkpoints = Checkpoints(directory, writable=False)
-        try:
-            step = checkpoints.latest_step()
-            if step is not None:
-                return checkpoints.progress(step)["results"]["config"], checkpoints.path(step)
-        finally:
-            checkpoints.close()
-    path = os.path.join(workdir, RESULTS_FILE)
-    if os.path.exists(path):
+    for name in (CONFIG_FILE, RESULTS_FILE):
+        path = os.path.join(workdir, name)
+        if os.path.exists(path):
+            try:
+                with open(path) as f:
+                    data = json.load(f)
+                return (data if name == CONFIG_FILE else data["config"]), path
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise CheckpointError(
+                    f"{path} cannot be read ({e}); rerun with --config.overwrite=True to discard the workdir's "
+                    "results, or use a new --workdir"
+                ) from None
+    for name in (CHECKPOINTS_DIR, RUNS_DIR):
+        path = os.path.join(workdir, name)
+        if os.path.isdir(path) and any(not entry.startswith(".") for entry in os.listdir(path)):
+            return None, path
+    return None
+
+
+def file_digests(directory: str) -> dict[str, str]:
+    """SHA-256 of every file under ``directory`` (paths relative to it), the manifest aside."""
+    digests = {}
+    for root, _, files in os.walk(directory):
+        for name in files:
+            path = os.path.join(root, name)
+            relative = os.path.relpath(path, directory)
+            if relative != MANIFEST:
+                digests[relative] = file_sha256(path)
+    return digests
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def json_sha256(payload: Any) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def save_finished(workdir: str, chunk: int, members: list[tuple[str, dict]]) -> None:
+    """The records of a finished chunk of runs, written once: ``runs/chunk-<chunk>.json`` with
+    their checksum; (results entry, record) per member."""
+    rows = [{"entry": entry, "record": record} for entry, record in members]
+    payload = {"chunk": chunk, "members": rows, "sha256": json_sha256(rows)}
+    write_json_atomic(os.path.join(workdir, RUNS_DIR, f"chunk-{chunk}.json"), payload)
+
+
+def load_finished(workdir: str) -> tuple[dict[tuple[str, int], dict], list[tuple[str, str]]]:
+    """Every finished run's record by (results entry, run), and the damaged files (path, why)."""
+    finished, damaged = {}, []
+    directory = os.path.join(workdir, RUNS_DIR)
+    names = sorted(os.listdir(directory)) if os.path.isdir(directory) else []
+    for name in [n for n in names if n.startswith("chunk-") and n.endswith(".json")]:
+        path = os.path.join(directory, name)
         try:
             with open(path) as f:
-                return json.load(f)["config"], path
+                payload = json.load(f)
+            rows = payload["members"]
+            if json_sha256(rows) != payload["sha256"]:
+                raise ValueError("it does not match its checksum")
+            for row in rows:
+                finished[(row["entry"], int(row["record"]["run"]))] = row["record"]
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise CheckpointError(
-                f"{path} cannot be read ({e}); rerun with --config.overwrite=True to replace it, or use a new --workdir"
-            ) from None
-    return None
+            damaged.append((path, str(e) or type(e).__name__))
+    return finished, damaged
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -183,15 +285,28 @@ def config_differences(stored: dict[str, Any], config: dict[str, Any]) -> list[s
     ]
 
 
-def check_workdir(workdir: str, config) -> None:
-    """Refuses a workdir holding results of another config; reads only, writes nothing."""
+def check_workdir(workdir: str, config) -> bool:
+    """Whether the workdir's results must be discarded first: True when it holds results of another
+    config and ``config.overwrite`` allows it; refuses them (``CheckpointError``) without it. Results
+    of the same config resume, with or without ``overwrite``: rerunning a command always resumes.
+    Reads only, writes nothing."""
     stored = stored_config(workdir)
     if stored is None:
-        return
+        return False
+    if stored[0] is None:
+        if config.overwrite:
+            return True
+        raise CheckpointError(
+            f"workdir {workdir!r} holds {stored[1]} but no {CONFIG_FILE} saying which config made it; "
+            "rerun with --config.overwrite=True to discard it, or use a new --workdir"
+        )
     differences = config_differences(stored[0], config.to_dict())
+    if differences and config.overwrite:
+        return True
     if differences:
         shown = "; ".join(differences[:3]) + (f"; and {len(differences) - 3} more" if len(differences) > 3 else "")
         raise CheckpointError(
             f"workdir {workdir!r} holds results of a different config ({shown}; see {stored[1]}); "
             "rerun with --config.overwrite=True to discard them, or use a new --workdir"
         )
+    return False

@@ -26,6 +26,8 @@ HEADS = ("default", "maximal", "expanding")
 SETTINGS = ("sit", "mt")
 VMAP_RUNS = ("auto", "true", "false")
 FEATURE_CACHE = ("auto", "on", "off")
+MAX_RUNS = 1000  # the paper averages 10 runs; beyond this a mistyped value is likelier than a study
+MAX_SEED = 2**32  # jax.random.key keeps a seed's low 32 bits: seed 2**32 would repeat seed 0's streams
 # Fields that cannot change any result; a workdir's checkpoints resume even when they differ.
 RESUME_IGNORED_FIELDS = ("overwrite", "compilation_cache", "distributed")
 
@@ -98,7 +100,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.compute_dtype = "float32"  # float32 | bfloat16: forward/backward precision (parameters stay float32)
     c.eval_batch_size = 1000  # test examples per evaluation chunk
     # Workdir: rerunning the same command resumes from the last completed batch (cljax/checkpoint.py).
-    c.overwrite = False  # True: discard the workdir's checkpoints and results.json and start again
+    # True: a workdir holding another config's results is cleared (after every check passed) instead of
+    # refused; with this config's results it resumes as without (to start over, delete the workdir).
+    c.overwrite = False
     # Keep compiled programs between runs (JAX's persistent compilation cache in ~/.cache/cljax/xla,
     # or $CLJAX_CACHE_DIR): a rerun skips compilation; results are the same either way.
     c.compilation_cache = True
@@ -188,12 +192,54 @@ def _validate_core50_fields(config, core50) -> None:
             )
 
 
+def field_values(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Every leaf field by its dotted path."""
+    values = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping) and value:
+            values.update(field_values(value, f"{prefix}{key}."))
+        else:
+            values[f"{prefix}{key}"] = value
+    return values
+
+
+def field_paths(tree: Mapping[str, Any]) -> set[str]:
+    return set(field_values(tree))
+
+
+def check_fields(config) -> None:
+    """A config (file) sets exactly ``base_config()``'s fields: a field it adds (a typo such as
+    ``c.learning_rate``) would be ignored, a field it deletes has no value."""
+    from cljax.strategies import STRATEGIES
+
+    defaults, values = field_values(base_config().to_dict()), field_values(config.to_dict())
+    known, given = set(defaults), set(values)
+    sections = set(STRATEGIES)  # a strategy section's own check (in validate) lists the section's fields
+    added = sorted(f for f in given - known if f.split(".")[0] not in sections)
+    deleted = sorted(known - given)
+    for field in sorted(known & given):  # ml_collections lets any field be set to None
+        _check(
+            values[field] is not None or defaults[field] is None,
+            f"{field}=None is invalid; it needs a value (default {defaults[field]!r})",
+        )
+    _check(
+        not added,
+        f"{''.join(added[:1])}: the config has no such field; the fields and their defaults are in cljax/config.py",
+    )
+    _check(
+        not deleted,
+        f"{''.join(deleted[:1])}: the config has no value for this field; a config file changes the fields of "
+        "cljax.config.base_config() and deletes none",
+    )
+
+
 def validate(config) -> None:
     """Raises ConfigError on the first bad field, before any data is read or anything trained."""
     from cljax.models import COMPUTE_DTYPES, MODELS
     from cljax.scenarios import core50, dataset_names
     from cljax.strategies import STRATEGIES
 
+    check_fields(config)
     _check(
         config.dataset in dataset_names(),
         f"dataset={config.dataset!r} is unknown; allowed: {', '.join(dataset_names())}",
@@ -208,8 +254,13 @@ def validate(config) -> None:
     _check(len(set(names)) == len(names), f"strategies={config.strategies!r} names a strategy twice")
     _positive_int(config.num_runs, "num_runs")
     _check(
-        isinstance(config.seed, int) and config.seed >= 0,
-        f"seed={config.seed!r} is invalid; it must be an integer >= 0",
+        config.num_runs <= MAX_RUNS,
+        f"num_runs={config.num_runs} is invalid; at most {MAX_RUNS} (every run of a strategy trains at once "
+        "when vmapped; split larger studies over seeds and workdirs)",
+    )
+    _check(
+        isinstance(config.seed, int) and not isinstance(config.seed, bool) and 0 <= config.seed < MAX_SEED,
+        f"seed={config.seed!r} is invalid; it must be an integer in [0, 2**32) (a PRNG key holds 32 bits of seed)",
     )
     _positive_int(config.classes_per_batch, "classes_per_batch")
     for field in ("first_batch_classes", "num_batches"):
@@ -219,8 +270,10 @@ def validate(config) -> None:
             f"{field}={value!r} is invalid; it must be an integer >= 0 (0 = default)",
         )
     _check(
-        len(config.hidden_sizes) > 0 and all(isinstance(h, int) and h > 0 for h in config.hidden_sizes),
-        f"hidden_sizes={tuple(config.hidden_sizes)!r} is invalid; it must be a non-empty list of positive integers",
+        isinstance(config.hidden_sizes, tuple | list)
+        and len(config.hidden_sizes) > 0
+        and all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in config.hidden_sizes),
+        f"hidden_sizes={config.hidden_sizes!r} is invalid; it must be a non-empty list of positive integers",
     )
     _positive_int(config.eval_batch_size, "eval_batch_size")
     for field, allowed in (
@@ -319,6 +372,7 @@ def validate_point(config, name: str, point: Mapping[str, Any]) -> None:
     )
     _check(values["head"] in HEADS, f"{field_name('head')}={values['head']!r} is unknown; allowed: {', '.join(HEADS)}")
     for field, hparam in spec.hparams.items():
+        _check(field in values, f"{name}.{field}=None is invalid; it needs a value (default {hparam.default!r})")
         hparam.validate(values[field], field_name(field))
     if spec.check is not None:
         spec.check(values)

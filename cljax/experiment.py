@@ -15,9 +15,10 @@ import glob
 import os
 import pickle
 import shutil
+import sys
 import time
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -27,6 +28,7 @@ import numpy as np
 from cljax import callbacks as callbacks_lib
 from cljax import checkpoint, compile_time, diagnostics, engine, mesh, metrics, monitor, stream
 from cljax import grid as grid_lib
+from cljax import workdir as workdir_lib
 from cljax.config import ConfigError, strategy_grid, strategy_hparams, strategy_names, validate, validate_point
 from cljax.files import write_json_atomic  # also re-exported: the results writer
 from cljax.hparams import gridable
@@ -256,6 +258,29 @@ class StrategyJob:
         if self.vmap:
             return [Chunk(tuple(range(num_runs)), tuple(range(len(self.points))))]
         return [Chunk((run,), (point,)) for point in range(len(self.points)) for run in range(num_runs)]
+
+
+def device_memory_bytes() -> int:
+    """The first local device's memory limit (accelerators), else the host's physical memory (CPU)."""
+    stats = jax.local_devices()[0].memory_stats() or {}
+    if stats.get("bytes_limit"):
+        return int(stats["bytes_limit"])
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_memory(job: StrategyJob, dataset: Dataset, num_runs: int) -> None:
+    """Refuses (``ConfigError``) a job whose mini-batches alone cannot fit on the device: every member
+    trained at once holds a float32 mini-batch of ``batch_size`` rows. An estimate from below (the
+    activations come on top): it catches a mistyped batch size before anything is written."""
+    members = (num_runs * len(job.points)) if job.vmap else 1
+    row = 4 * int(np.prod(dataset.input_shape))
+    need = members * job.program.batch_size * row
+    have = device_memory_bytes()
+    if need > have:
+        raise ConfigError(
+            f"{job.name}: batch_size={job.program.batch_size} needs at least {need / 2**30:.1f} GiB for its "
+            f"mini-batches ({members} member(s) x batch_size x {row} bytes); the device has {have / 2**30:.1f} GiB"
+        )
 
 
 def is_primary() -> bool:
@@ -602,12 +627,14 @@ BATCHES_CSV = "batches.csv"  # one row per batch (cljax.callbacks.CSVLogger)
 
 
 def clear_workdir(workdir: str) -> None:
-    """``--config.overwrite=True``: removes what this program writes into the workdir (checkpoints,
-    results.json, diagnostics_*.npz, report/, tensorboard/), nothing else."""
-    for directory in (checkpoint.CHECKPOINTS_DIR, "report", "tensorboard"):
+    """``--config.overwrite=True`` on another config's workdir: removes what this program writes into
+    it (config.json, checkpoints/, runs/, results.json, diagnostics_*.npz, report/, tensorboard/),
+    nothing else (the lock file stays: it is held)."""
+    for directory in (checkpoint.CHECKPOINTS_DIR, checkpoint.RUNS_DIR, "report", "tensorboard"):
         shutil.rmtree(os.path.join(workdir, directory), ignore_errors=True)
     here = glob.escape(workdir)
     outputs = [
+        os.path.join(here, checkpoint.CONFIG_FILE),
         os.path.join(here, checkpoint.RESULTS_FILE),
         os.path.join(here, BATCHES_CSV),
         diagnostics.diagnostics_path(here, "*"),
@@ -616,8 +643,71 @@ def clear_workdir(workdir: str) -> None:
         os.unlink(path)
 
 
-def finished_runs(entry: Mapping[str, Any]) -> set[int]:
-    return {int(record["run"]) for record in entry.get("runs", [])}
+def warn(text: str) -> None:
+    """One line on stderr from process 0."""
+    if is_primary():
+        print(f"warning: {text}", file=sys.stderr, flush=True)
+
+
+def finished_records(workdir: str, config) -> dict[tuple[str, int], dict]:
+    """Every finished run's record by (results entry, run): from ``runs/`` (one file per finished chunk),
+    and from results.json for runs missing there (a workdir's results.json holds this config's runs:
+    ``check_workdir``). A damaged file gets one warning line; its runs are trained again."""
+    finished: dict[tuple[str, int], dict] = {}
+    if os.path.exists(os.path.join(workdir, checkpoint.RESULTS_FILE)):
+        try:
+            saved = diagnostics.read_results(workdir)
+            if not checkpoint.config_differences(saved["config"], config.to_dict()):
+                for entry, values in saved["strategies"].items():
+                    finished.update({(entry, int(record["run"])): record for record in values.get("runs", [])})
+        except (OSError, ValueError, KeyError, TypeError, zlib.error) as e:
+            warn(f"{os.path.join(workdir, checkpoint.RESULTS_FILE)} cannot be read ({e}); its runs are trained again")
+    from_files, damaged = checkpoint.load_finished(workdir)
+    finished.update(from_files)
+    for path, why in damaged:
+        warn(f"{path} is damaged ({why}); runs missing elsewhere are trained again")
+    return finished
+
+
+def newest_checkpoint(checkpoints: checkpoint.Checkpoints) -> int | None:
+    """The newest intact step; damaged newer ones are removed, with one warning line."""
+    step, damaged = checkpoints.newest_intact()
+    if damaged:
+        instead = f"resuming from {checkpoints.path(step)}" if step is not None else "no intact checkpoint is left"
+        reasons = "; ".join(f"{checkpoints.path(s)}: {why}" for s, why in damaged)
+        warn(f"skipping damaged checkpoint(s) ({reasons}); {instead}")
+        if is_primary():
+            checkpoints.discard(s for s, _ in damaged)
+    return step
+
+
+def add_finished(results: dict, members: list[tuple[str, dict]], chunk: Chunk, job: StrategyJob) -> None:
+    """A finished chunk's records into ``results`` (runs in order) and its entries' summaries."""
+    for entry_name, record in members:
+        entry = results["strategies"][entry_name]
+        entry["runs"] = sorted([*entry["runs"], record], key=lambda rec: rec["run"])
+    for point in chunk.points:
+        entry = results["strategies"][job.entry(point)]
+        complete = [rec for rec in entry["runs"] if rec["diverged"] is None]
+        entry["summary"] = metrics.summarize(complete) if complete else None
+
+
+def preflight(
+    config, workdir: str, display: monitor.ProgressDisplay | None = None, dataset: Dataset | None = None
+) -> tuple[Dataset, list[str], dict[str, StrategyJob]]:
+    """Every check of a job, before anything is written: the config's fields, the data files, the
+    workdir's path and contents (another config's results), and each strategy's program (the
+    init_checkpoint's shapes, the mesh, the mini-batches' memory). Raises ConfigError/DataError
+    (one sentence); reads only."""
+    dataset, names = prepare(config, dataset)
+    workdir_lib.check_path(workdir)
+    jobs = {}
+    num_batches = build_scenario(config, 0, dataset).num_batches
+    for name in names:
+        jobs[name] = StrategyJob.build(config, name, dataset, display, num_batches=num_batches)
+        check_memory(jobs[name], dataset, config.num_runs)
+    checkpoint.check_workdir(workdir, config)  # reads only: a refusal leaves the workdir as it was
+    return dataset, names, jobs
 
 
 def run_experiment(
@@ -666,29 +756,47 @@ def run_job(
     one of ``callbacks`` (``cljax.callbacks``: a ``Callback`` or a function of the event) get the
     batch's event. ``dataset`` (arrays in memory) replaces reading ``config.dataset``.
     """
+    primary = is_primary()
+    display = monitor.ProgressDisplay() if show_progress and primary else None
+    dataset, names, jobs = preflight(config, workdir, display, dataset)
+    outputs = (log, display, callbacks, clock, timings)
+    if not primary:
+        mesh.sync("workdir checked")  # no process writes before every process has read the workdir
+        return _run_jobs(config, workdir, dataset, names, jobs, *outputs)
+    with workdir_lib.WorkdirLock(workdir):  # one job per workdir, for the whole job
+        if checkpoint.check_workdir(workdir, config):  # again under the lock: another job may have written
+            clear_workdir(workdir)  # overwrite=True, and the workdir holds another config's results
+        mesh.sync("workdir checked")
+        return _run_jobs(config, workdir, dataset, names, jobs, *outputs)
+
+
+def _run_jobs(
+    config,
+    workdir: str,
+    dataset: Dataset,
+    names: list[str],
+    jobs: dict,
+    log,
+    display,
+    callbacks: Sequence[Any],
+    clock: compile_time.CompileClock,
+    timings: dict,
+) -> dict:
+    """``run_job`` once everything is validated and the workdir locked and checked."""
     from cljax import report  # matplotlib: imported only when a job runs
 
-    dataset, names = prepare(config, dataset)
     primary = is_primary()
-    jobs = {}
-    display = monitor.ProgressDisplay() if show_progress and primary else None
     num_batches = build_scenario(config, 0, dataset).num_batches
-    for name in names:  # builds every program (and checks init_checkpoint) before anything is written
-        jobs[name] = StrategyJob.build(config, name, dataset, display, num_batches=num_batches)
-    if config.overwrite and primary:
-        clear_workdir(workdir)
-    elif not config.overwrite:
-        checkpoint.check_workdir(workdir, config)
-    mesh.sync("workdir checked")  # no process writes before every process has read the workdir
+    if primary and not os.path.exists(os.path.join(workdir, checkpoint.CONFIG_FILE)):
+        write_json_atomic(os.path.join(workdir, checkpoint.CONFIG_FILE), config.to_dict())
+    finished = finished_records(workdir, config)
     checkpoints = checkpoint.Checkpoints(os.path.join(workdir, checkpoint.CHECKPOINTS_DIR))
-    latest = checkpoints.latest_step()
+    latest = newest_checkpoint(checkpoints)
+    mesh.sync("checkpoints checked")
     saved = checkpoints.progress(latest) if latest is not None else None
-    results: dict[str, Any] = {
-        "config": config.to_dict(),
-        "strategies": saved["results"]["strategies"] if saved else {},
-    }
+    results: dict[str, Any] = {"config": config.to_dict(), "strategies": {}}
     in_flight = [rec for row in saved["records"] for rec in row] if saved else []
-    for record in [rec for entry in results["strategies"].values() for rec in entry["runs"]] + in_flight:
+    for record in [*finished.values(), *in_flight]:
         if record["diverged"] and record["diverged"]["checkpoint_step"] is not None:
             checkpoints.keep(record["diverged"]["checkpoint_step"])
     outputs = [log]
@@ -709,8 +817,9 @@ def run_job(
                 entry.update(strategy=name, hparams=dict(values))
         for chunk in job.chunks(config.num_runs):
             k, chunk_index = chunk_index, chunk_index + 1
-            members = [(run, point) for run in chunk.runs for point in chunk.points]
-            if all(run in finished_runs(results["strategies"][job.entry(p)]) for run, p in members):
+            members = [(job.entry(point), run) for run in chunk.runs for point in chunk.points]
+            if all(member in finished for member in members):
+                add_finished(results, [(entry, finished[entry, run]) for entry, run in members], chunk, job)
                 continue
             scenarios = [build_scenario(config, r, dataset) for r in chunk.runs]
             progress = start_chunk(job, chunk, scenarios)
@@ -729,7 +838,6 @@ def run_job(
                     "batch": batch,
                     "records": chunk_progress.records,
                     "alive": chunk_progress.alive.tolist(),
-                    "results": results,
                 }
                 checkpoints.save(k * num_batches + batch, chunk_progress.states, payload)
 
@@ -747,16 +855,14 @@ def run_job(
                 display=display,
                 on_diverged=diverged,
             )
-            for r in range(len(chunk.runs)):
-                for g, point in enumerate(chunk.points):
-                    record = final.records[r][g]
-                    entry = results["strategies"][job.entry(point)]
-                    entry["runs"] = sorted([*entry["runs"], record], key=lambda rec: rec["run"])
-            for point in chunk.points:
-                entry = results["strategies"][job.entry(point)]
-                complete = [rec for rec in entry["runs"] if rec["diverged"] is None]
-                entry["summary"] = metrics.summarize(complete) if complete else None
+            done = [
+                (job.entry(point), final.records[r][g])
+                for r in range(len(chunk.runs))
+                for g, point in enumerate(chunk.points)
+            ]
+            add_finished(results, done, chunk, job)
             if primary:
+                checkpoint.save_finished(workdir, k, done)  # before the next chunk's first checkpoint
                 diagnostics.write_results(workdir, results)  # results.json + diagnostics_<strategy>.npz
         spent = {"wall_seconds": round(time.perf_counter() - started, 3)}
         spent["compile"] = compile_time.since(clock.snapshot(), compiled)

@@ -134,25 +134,67 @@ def start_distributed(distributed) -> None:
         jax.distributed.initialize()
 
 
+EXIT_BAD_INPUT = 2  # bad input: one line, nothing written
+EXIT_ENVIRONMENT = 1  # the machine failed the job (disk full, read-only filesystem, out of memory): one line
+EXIT_DIVERGED = 3  # the job finished, but at least one run diverged (results.json records which)
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
+
+
+def error_line(prefix: str, e: BaseException) -> str:
+    return f"{prefix}: {' '.join(str(e).split())}" if str(e).strip() else f"{prefix}: {type(e).__name__}"
+
+
 def run(config, workdir: str) -> int:
-    """The command after flag parsing: runs (or resumes) the experiment; returns the exit code,
-    2 after one line on stderr for bad input (config, data, a workdir holding another config).
-    On several hosts every process runs it; process 0 alone writes and prints the results."""
-    use_compilation_cache(bool(config.compilation_cache))
+    """The command after flag parsing: runs (or resumes) the experiment; returns the exit code:
+    0 done; 2 bad input (config, data, a workdir holding another config or in use by another job),
+    before anything is written; 1 an environment failure (disk full, read-only filesystem, out of
+    memory); 3 done, but some run diverged; 130 interrupted (Ctrl-C). Always one line on stderr,
+    never a traceback, for these. On several hosts every process runs it; process 0 alone writes
+    and prints the results."""
     try:
+        use_compilation_cache(bool(config.compilation_cache))
         validate_distributed(config.distributed)
         start_distributed(config.distributed)
         results = experiment.run_experiment(config, workdir, log=experiment.print_progress if is_primary() else quiet)
     except (ConfigError, DataError) as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+        print(error_line("error", e), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("\ninterrupted; rerun the same command to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (OSError, MemoryError) as e:
+        print(error_line(f"error: the job stopped ({type(e).__name__})", e), file=sys.stderr)
+        return EXIT_ENVIRONMENT
+    except Exception as e:
+        if not out_of_memory(e):
+            raise  # a bug: the traceback is what finds it
+        print(
+            error_line("error: out of device memory; lower batch_size or eval_batch_size, or set vmap_runs=false", e),
+            file=sys.stderr,
+        )
+        return EXIT_ENVIRONMENT
     if not is_primary():
         return 0
     print()
     print(experiment.comparison_table(results))
-    print(f"\nresults: {workdir}/results.json")
-    print(f"report: {workdir}/report/report.md")
+    print(f"\nresults: {os.path.abspath(workdir)}/results.json")
+    print(f"report: {os.path.abspath(workdir)}/report/report.md")
+    diverged = [
+        f"{name} run {record['run']}"
+        for name, entry in results["strategies"].items()
+        for record in entry["runs"]
+        if record["diverged"]
+    ]
+    if diverged:
+        print(f"error: {len(diverged)} run(s) diverged: {', '.join(diverged)} (see results.json)", file=sys.stderr)
+        return EXIT_DIVERGED
     return 0
+
+
+def out_of_memory(e: Exception) -> bool:
+    """XLA's allocation failures (jax.errors.JaxRuntimeError): RESOURCE_EXHAUSTED or Out of memory."""
+    text = str(e)
+    return type(e).__name__.endswith("RuntimeError") and ("RESOURCE_EXHAUSTED" in text or "Out of memory" in text)
 
 
 if __name__ == "__main__":
