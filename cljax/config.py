@@ -27,7 +27,7 @@ SETTINGS = ("sit", "mt")
 VMAP_RUNS = ("auto", "true", "false")
 FEATURE_CACHE = ("auto", "on", "off")
 # Fields that cannot change any result; a workdir's checkpoints resume even when they differ.
-RESUME_IGNORED_FIELDS = ("overwrite", "compilation_cache")
+RESUME_IGNORED_FIELDS = ("overwrite", "compilation_cache", "distributed")
 
 
 def strategy_section(**hparams) -> ml_collections.ConfigDict:
@@ -90,6 +90,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.momentum = 0.0
     c.head = "default"  # default (the strategy's, App. A) | maximal | expanding
     c.step_loop = "auto"  # auto | device (one compiled loop per batch) | host (a jitted call per step)
+    c.compute_dtype = "float32"  # float32 | bfloat16: forward/backward precision (parameters stay float32)
     c.eval_batch_size = 1000  # test examples per evaluation chunk
     # Workdir: rerunning the same command resumes from the last completed batch (cljax/checkpoint.py).
     c.overwrite = False  # True: discard the workdir's checkpoints and results.json and start again
@@ -99,6 +100,15 @@ def base_config() -> ml_collections.ConfigDict:
     # How runs execute: true = every run and grid point of a strategy in one vmapped program per
     # batch; false = one at a time; auto = the faster for the model and backend (BUILD_NOTES.md).
     c.vmap_runs = "auto"
+    # Devices: a mesh with axes runs (members sharded) and data (mini-batches sharded): auto, or
+    # sizes such as "runs:4,data:2" whose product is the number of devices (cljax/mesh.py).
+    c.mesh = "auto"
+    # Several hosts (jax.distributed): all three set, or none (then JAX's cluster detection, e.g.
+    # SLURM, decides). Every process runs the same command; process 0 writes the results.
+    c.distributed = ml_collections.ConfigDict()
+    c.distributed.coordinator = ""  # HOST:PORT of process 0
+    c.distributed.num_processes = 0  # 0 = not set
+    c.distributed.process_id = -1  # -1 = not set
     # Hyper-grid: "ewc.strength=1e3,1e4; lr=0.01,0.02" (cljax/grid.py); on the command line,
     # --config.ewc.strength=1e3,1e4 is the same. Every grid point is its own results entry.
     c.grid = ""
@@ -173,7 +183,7 @@ def _validate_core50_fields(config, core50) -> None:
 
 def validate(config) -> None:
     """Raises ConfigError on the first bad field, before any data is read or anything trained."""
-    from cljax.models import MODELS
+    from cljax.models import COMPUTE_DTYPES, MODELS
     from cljax.scenarios import core50, dataset_names
     from cljax.strategies import STRATEGIES
 
@@ -210,6 +220,7 @@ def validate(config) -> None:
         ("step_loop", ("auto", "device", "host")),
         ("vmap_runs", VMAP_RUNS),
         ("feature_cache", FEATURE_CACHE),
+        ("compute_dtype", COMPUTE_DTYPES),
     ):
         _check(config[field] in allowed, f"{field}={config[field]!r} is unknown; allowed: {', '.join(allowed)}")
     for field in ("lrn", "compilation_cache"):
@@ -233,6 +244,10 @@ def validate(config) -> None:
                 field in allowed,
                 f"{name}.{field}: strategy {name!r} has no field {field!r}; its fields: {', '.join(allowed)}",
             )
+    from cljax import mesh
+
+    mesh.parse_mesh(config.mesh)  # the sizes against the devices are checked when the jobs are built
+    validate_distributed(config.distributed)
     axes = grid_lib.parse_grid(config.grid, STRATEGIES)
     for axis in axes:
         _check(
@@ -242,6 +257,26 @@ def validate(config) -> None:
     for name in names:
         for point in strategy_grid(config, name, axes):
             validate_point(config, name, point)
+
+
+def validate_distributed(d) -> None:
+    """The ``distributed`` section: all three fields or none (one-line ConfigError)."""
+    given = [d.coordinator != "", d.num_processes != 0, d.process_id != -1]
+    _check(
+        all(given) or not any(given),
+        "distributed.coordinator, distributed.num_processes and distributed.process_id must be given together "
+        "(or none of them, for JAX's cluster detection)",
+    )
+    if all(given):
+        _check(
+            isinstance(d.coordinator, str) and ":" in d.coordinator,
+            f"distributed.coordinator={d.coordinator!r} is invalid; it must be HOST:PORT",
+        )
+        _positive_int(d.num_processes, "distributed.num_processes")
+        _check(
+            isinstance(d.process_id, int) and 0 <= d.process_id < d.num_processes,
+            f"distributed.process_id={d.process_id!r} is invalid; it must be in [0, {d.num_processes})",
+        )
 
 
 def validate_point(config, name: str, point: Mapping[str, Any]) -> None:

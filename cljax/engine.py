@@ -19,8 +19,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import PartitionSpec as P
 
 from cljax import transforms
+from cljax.mesh import to_host
 
 Params = Any
 LossFn = Callable[[jax.Array, dict[str, jax.Array], Any], jax.Array]
@@ -171,6 +173,7 @@ def make_member_fit(
     loop: str = "device",
     max_traces: int | None = None,
     gradients: GradientsFn | None = None,
+    layout: Any = None,
 ) -> Callable[..., tuple[TrainState, FitMetrics]]:
     """Builds ``fit(states, run_data, member_data, num_examples, epochs, logit_mask, keys)``
     for a stack of members ([R, G] leading axes, see ``vmap_members``).
@@ -201,15 +204,21 @@ def make_member_fit(
     mini-batch, or project the gradient (rehearsal, sec. 4.4); ``loss_and_grad`` is the task loss
     and its gradient on any mini-batch (the logit mask and auxiliary losses applied as above).
 
+    ``layout`` (``cljax.mesh.MemberLayout``, None on one device): the members are sharded over the
+    mesh axis ``runs`` (``jax.shard_map``: each device trains its own members) and each mini-batch's
+    rows over ``data``: every device of a ``data`` group computes the loss and gradient of its share
+    of the rows, and a ``psum`` adds them (the same weighted mean, summed in another order).
+
     ``max_traces`` (tests): ``limit_traces`` on the compiled functions, which then raise if they
     are traced (compiled) more often, e.g. because a batch changed a shape or dtype.
     """
     tx = optax.with_extra_args_support(tx)
+    data_parallel = layout is not None and layout.data > 1
     traced = functools.partial(limit_traces, n=max_traces)
     donate = (0,) if jax.default_backend() != "cpu" else ()  # XLA:CPU does not donate buffers
 
     def train_step(state: TrainState, mini: dict[str, jax.Array], weights_B, logit_mask, key):
-        def objective(params, mini, weights_B):
+        def weighted_loss_sum(params, mini, weights_B):
             outputs = apply_fn(params, mini["x"], train=True, rngs={"dropout": key})
             logits, aux = split_outputs(outputs)
             # A [K, C] mask is a table of heads, one row per example via mini["mask_index"] (MT).
@@ -218,9 +227,22 @@ def make_member_fit(
             # Auxiliary classifiers (GoogLeNet loss1/loss2): the same per-example loss, weighted.
             for weight, aux_logits in aux:
                 per_example = per_example + weight * loss_fn(mask_logits(aux_logits, mask), mini, state.strategy_state)
-            return jnp.sum(per_example * weights_B) / jnp.maximum(jnp.sum(weights_B), 1.0)
+            return jnp.sum(per_example * weights_B)
 
-        loss_and_grad = jax.value_and_grad(objective)
+        def loss_and_grad(params, mini, weights_B):
+            """The weighted mean task loss over the mini-batch's rows and its gradient."""
+            if not data_parallel:
+                mean = lambda p: weighted_loss_sum(p, mini, weights_B) / jnp.maximum(jnp.sum(weights_B), 1.0)  # noqa: E731
+                return jax.value_and_grad(mean)(params)
+            # Data parallel: this device's share of the rows, then one psum over the data group.
+            share = weights_B.shape[0] // layout.data
+            take = lambda a: jax.lax.dynamic_slice_in_dim(a, jax.lax.axis_index("data") * share, share)  # noqa: E731
+            local_weights = take(weights_B)
+            total, grads = jax.value_and_grad(weighted_loss_sum)(params, jax.tree.map(take, mini), local_weights)
+            count = jnp.maximum(jax.lax.psum(jnp.sum(local_weights), "data"), 1.0)
+            total, grads = jax.lax.psum((total, grads), "data")
+            return total / count, jax.tree.map(lambda g: g / count, grads)
+
         if gradients is None:
             loss, grads = loss_and_grad(state.params, mini, weights_B)
         else:
@@ -269,10 +291,22 @@ def make_member_fit(
     def start(states, run_data, epochs, keys) -> Carry:
         """The carry before step 0 (its permutations are drawn at the first step of each epoch)."""
         num_runs, capacity = run_data["y"].shape[:2]
-        zeros = jnp.zeros(epochs.shape, jnp.float32)
-        ints = jnp.zeros(epochs.shape, jnp.int32)
+        # The carry is donated to each segment (not on CPU): it must own its buffers. A buffer
+        # donated twice, donated and passed again (the keys), or shared with arrays used after the
+        # fit (a jitted stage may forward unchanged inputs as outputs) is an error or a loss.
+        if donate:
+            states = jax.tree.map(jnp.copy, states)
         orders = jnp.zeros((num_runs, capacity + batch_size), jnp.int32)
-        return Carry(states, orders, keys, zeros, zeros, ints, ints - 1)
+        epoch_keys = jax.random.wrap_key_data(jnp.array(jax.random.key_data(keys)), impl=jax.random.key_impl(keys))
+        losses = [jnp.zeros(epochs.shape, jnp.float32) for _ in range(2)]
+        return Carry(
+            states,
+            orders,
+            epoch_keys,
+            *losses,
+            jnp.zeros(epochs.shape, jnp.int32),
+            jnp.full(epochs.shape, -1, jnp.int32),
+        )
 
     def one_step(carry: Carry, run_data, member_data, epoch, s, num_examples, epochs, logit_mask, keys) -> Carry:
         """Step ``s`` of epoch ``epoch`` for every member: a new epoch's permutation first (s = 0),
@@ -318,14 +352,21 @@ def make_member_fit(
         _, carry = jax.lax.while_loop(lambda inner: (inner[0] < stop) & jnp.any(inner[1].bad < 0), body, (first, carry))
         return carry
 
+    host_step = one_step
+    if layout is not None:
+        member, run = layout.spec(MEMBER), layout.spec(RUN)
+        carry_specs = Carry(member, run, run, member, member, member, member)
+        data_specs = (carry_specs, run, member, run, member, run, run)  # carry ... keys
+        segment = layout.shard_map(segment, (*data_specs, P(), P()), carry_specs)
+        host_step = layout.shard_map(one_step, (carry_specs, run, member, P(), P(), run, member, run, run), carry_specs)
     jit_segment = jax.jit(segment, donate_argnums=donate)
-    jit_step = jax.jit(traced(one_step), donate_argnums=donate)
+    jit_step = jax.jit(traced(host_step), donate_argnums=donate)
 
     def fit(states, run_data, member_data, num_examples, epochs, logit_mask, keys):
         num_examples = jnp.asarray(num_examples, jnp.int32)
         epochs = jnp.asarray(epochs, jnp.int32)
-        max_steps = -(-int(jnp.max(num_examples)) // batch_size)
-        max_epochs = int(jnp.max(epochs))
+        max_steps = -(-int(np.max(to_host(num_examples))) // batch_size)
+        max_epochs = int(np.max(to_host(epochs)))
         total = max_epochs * max_steps
         carry = start(states, run_data, epochs, keys)
         if loop == "device":
@@ -347,7 +388,7 @@ def make_member_fit(
                         progress(done, total)
                 # After a non-finite step a member's remaining steps are no-ops: the host checks
                 # for divergence once per epoch instead of syncing every step.
-                if not bool(jnp.any(carry.bad < 0)):
+                if not np.any(to_host(carry.bad) < 0):
                     break
         return carry.states, FitMetrics(carry.last_loss, carry.steps, carry.bad)
 

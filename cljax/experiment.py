@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cljax import checkpoint, diagnostics, engine, metrics, monitor, stream
+from cljax import checkpoint, diagnostics, engine, mesh, metrics, monitor, stream
 from cljax import grid as grid_lib
 from cljax.config import ConfigError, strategy_grid, strategy_hparams, strategy_names, validate, validate_point
 from cljax.files import write_json_atomic  # noqa: F401  (re-exported: the results writer)
@@ -194,11 +194,16 @@ class StrategyJob:
             feature_cache=config.feature_cache != "off",
             pretrained=pretrained,
             progress=progress.update if progress is not None else None,
+            x_divisor=dataset.x_divisor,
+            compute_dtype=config.compute_dtype,
         )
         if program.freezes_body() and config.feature_cache == "auto":
             program = dataclasses.replace(
                 program, feature_cache=feature_cache_allowed("auto", model, dataset.input_shape)
             )
+        vmap = use_vmap(config.vmap_runs, model, dataset.input_shape)
+        members = (config.num_runs, len(points)) if vmap else (1, 1)  # the shape of every chunk
+        program = dataclasses.replace(program, layout=mesh.plan(config.mesh, *members, first.batch_size))
         names = stream.TRACED_TRAINING_FIELDS + spec.traced_names()
         return cls(
             name=name,
@@ -210,18 +215,28 @@ class StrategyJob:
             traced=stream.traced_hparams([m.to_dict() for m in merged], names),
             capacity=data_capacity(dataset, config, strategy.training_data == "union"),
             head=head_kind(config, first, strategy),
-            vmap=use_vmap(config.vmap_runs, model, dataset.input_shape),
+            vmap=vmap,
             layers=program.layer_names(),
         )
 
     def entry(self, point: int) -> str:
         return grid_lib.entry_name(self.name, self.points[point])
 
+    def padding(self, chunk: Chunk) -> int:
+        """Idle runs added to a chunk so that the mesh's runs axis divides its runs (``cljax.mesh``)."""
+        layout = self.program.layout
+        return 0 if layout is None or layout.member_axis != 0 else layout.padded_runs - len(chunk.runs)
+
     def chunks(self, num_runs: int) -> list[Chunk]:
         """All members at once when vmapped, else one member at a time (grid point by grid point)."""
         if self.vmap:
             return [Chunk(tuple(range(num_runs)), tuple(range(len(self.points))))]
         return [Chunk((run,), (point,)) for point in range(len(self.points)) for run in range(num_runs)]
+
+
+def is_primary() -> bool:
+    """Process 0 of a multi-host job (or the only process): the one that writes results and reports."""
+    return jax.process_index() == 0
 
 
 def run_key(config, run: int) -> jax.Array:
@@ -247,7 +262,7 @@ def batch_inputs(job: StrategyJob, scenarios: list[Scenario], heads: list[Heads]
         seen[r, scenario.seen_classes(i)] = True
     return stream.BatchInputs(
         index=jnp.int32(i),
-        data=jax.device_put({k: np.stack([d[k] for d in data]) for k in data[0]}),
+        data={k: np.stack([d[k] for d in data]) for k in data[0]},
         num_examples=jnp.asarray([int(c.sum()) for c in counts], jnp.int32),
         classes=jnp.asarray(classes),
         seen_classes=jnp.asarray(seen),
@@ -257,6 +272,21 @@ def batch_inputs(job: StrategyJob, scenarios: list[Scenario], heads: list[Heads]
         fit_mask=jnp.asarray(np.stack([h.fit_mask(i) for h in heads])),
         run_keys=keys,
     )
+
+
+def place_inputs(program: stream.StreamProgram, inputs: stream.BatchInputs) -> stream.BatchInputs:
+    """A batch's arrays on the devices with their sharding, once per batch (``cljax.mesh``)."""
+    return stream.BatchInputs(inputs.index, *(program.place(field, mesh.RUN) for field in inputs[1:]))
+
+
+def place_test_images(program: stream.StreamProgram, test_x: np.ndarray) -> jax.Array:
+    """The test images on the devices, once per chunk: shared, or per run ([R, N, ...])."""
+    return program.place(test_x, mesh.RUN if test_x.ndim == len(program.input_shape) + 2 else None)
+
+
+def place_eval(program: stream.StreamProgram, test: stream.EvalInputs) -> stream.EvalInputs:
+    """An evaluation's masks and labels on the devices (the images are placed already)."""
+    return stream.EvalInputs(test.x, *(program.place(a, mesh.RUN) for a in test[1:]))
 
 
 def eval_inputs(scenarios: list[Scenario], heads: list[Heads], test_x, i: int) -> stream.EvalInputs:
@@ -269,11 +299,11 @@ def eval_inputs(scenarios: list[Scenario], heads: list[Heads], test_x, i: int) -
     )
 
 
-def shared_test_images(scenarios: list[Scenario]) -> jax.Array:
-    """The runs' test images on the device: one copy when they are the same array, else stacked."""
+def shared_test_images(scenarios: list[Scenario]) -> np.ndarray:
+    """The runs' test images: one array when they are the same, else stacked [R, N, ...]."""
     if all(s.test_x is scenarios[0].test_x for s in scenarios):
-        return jax.device_put(scenarios[0].test_x)
-    return jax.device_put(np.stack([s.test_x for s in scenarios]))
+        return scenarios[0].test_x
+    return np.stack([s.test_x for s in scenarios])
 
 
 def start_record(scenario: Scenario, run: int, head: str) -> dict[str, Any]:
@@ -340,23 +370,25 @@ def train_chunk(
     other members go on. ``on_diverged(run, point, record)`` hears of it at once, before the
     batch's checkpoint (which then holds the dead member's last good state).
     """
+    program = job.program
+    scenarios = scenarios + [scenarios[-1]] * job.padding(chunk)  # idle runs that fill the mesh
     heads = [Heads(job.head, s) for s in scenarios]
-    keys = jnp.stack([run_key(job.config, r) for r in chunk.runs])
-    traced = {k: v[jnp.asarray(chunk.points)] for k, v in job.traced.items()}
-    test_x = shared_test_images(scenarios)
+    keys = jnp.stack([run_key(job.config, r) for r in padded_runs(job, chunk)])
+    traced = program.place({k: np.asarray(v)[list(chunk.points)] for k, v in job.traced.items()}, mesh.GRID)
+    test_x = place_test_images(program, shared_test_images(scenarios))
     states, records, alive = progress.states, progress.records, progress.alive.copy()
     num_batches = scenarios[0].num_batches
     for i in range(progress.next_batch, num_batches):
-        inputs = batch_inputs(job, scenarios, heads, keys, i)
+        inputs = place_inputs(program, batch_inputs(job, scenarios, heads, keys, i))
         if display is not None:
             display.begin(f"{job.name:<11} {runs_label(chunk.runs)} batch {i + 1}/{num_batches}")
         start = time.perf_counter()
-        states, batch_metrics = job.program.train_batch(states, inputs, traced, jnp.asarray(alive))
+        states, batch_metrics = program.train_batch(states, inputs, traced, program.place(alive, mesh.MEMBER))
         jax.block_until_ready(states)
         seconds = time.perf_counter() - start
-        cms = np.asarray(job.program.evaluate(states, eval_inputs(scenarios, heads, test_x, i)))
-        host = {k: np.asarray(v) for k, v in batch_metrics._asdict().items()}
-        num_examples = np.asarray(inputs.num_examples)
+        cms = mesh.to_host(program.evaluate(states, place_eval(program, eval_inputs(scenarios, heads, test_x, i))))
+        host = mesh.to_host(batch_metrics._asdict())
+        num_examples = mesh.to_host(inputs.num_examples)
         for r, run in enumerate(chunk.runs):
             for g, point in enumerate(chunk.points):
                 if not alive[r, g]:
@@ -411,14 +443,22 @@ def runs_label(runs: tuple[int, ...]) -> str:
     return f"run {runs[0]}" if len(runs) == 1 else f"runs {','.join(str(r) for r in runs)}"
 
 
+def padded_runs(job: StrategyJob, chunk: Chunk) -> tuple[int, ...]:
+    """The chunk's runs and the idle copies of its last run that fill the mesh (``StrategyJob.padding``)."""
+    return chunk.runs + (chunk.runs[-1],) * job.padding(chunk)
+
+
 def start_chunk(job: StrategyJob, chunk: Chunk, scenarios: list[Scenario]) -> ChunkProgress:
-    """A chunk before its first batch: initial weights from the runs' keys, empty records."""
-    keys = jnp.stack([run_key(job.config, r) for r in chunk.runs])
+    """A chunk before its first batch: initial weights from the runs' keys, empty records; idle
+    padding runs (``padded_runs``) are not alive and have no records."""
+    keys = jnp.stack([run_key(job.config, r) for r in padded_runs(job, chunk)])
     states = job.program.init(keys, len(chunk.points))
     records = [
         [start_record(s, run, job.head) for _ in chunk.points] for s, run in zip(scenarios, chunk.runs, strict=True)
     ]
-    return ChunkProgress(states, records, np.ones((len(chunk.runs), len(chunk.points)), bool), next_batch=0)
+    alive = np.zeros((len(keys), len(chunk.points)), bool)
+    alive[: len(chunk.runs)] = True
+    return ChunkProgress(states, records, alive, next_batch=0)
 
 
 def run_stream(job: StrategyJob, dataset: Dataset, runs: list[int], point: int = 0, **kwargs) -> list[dict]:
@@ -436,6 +476,12 @@ def run_members(
     chunk = Chunk(tuple(runs), tuple(points))
     scenarios = [build_scenario(job.config, r, dataset) for r in runs]
     return train_chunk(job, chunk, scenarios, start_chunk(job, chunk, scenarios), **kwargs).records
+
+
+def log_line(text: str) -> None:
+    """A line on stdout from process 0 (the only process on one host)."""
+    if is_primary():
+        print(text, flush=True)
 
 
 def print_progress(event: dict) -> None:
@@ -508,7 +554,7 @@ def _report_divergence(checkpoints: checkpoint.Checkpoints, record: dict, name: 
     diverged["checkpoint_step"] = kept
     diverged["checkpoint"] = None if kept is None else os.path.join(checkpoint.CHECKPOINTS_DIR, str(kept))
     path = None if kept is None else checkpoints.path(kept)
-    print(divergence_message(name, record["run"], diverged, num_batches, path), flush=True)
+    log_line(divergence_message(name, record["run"], diverged, num_batches, path))
 
 
 def clear_workdir(workdir: str) -> None:
@@ -542,14 +588,16 @@ def run_experiment(
     from cljax import report  # matplotlib: imported only when a job runs
 
     dataset, names = prepare(config)
+    primary = is_primary()
     jobs = {}
-    display = monitor.ProgressDisplay() if show_progress else None
+    display = monitor.ProgressDisplay() if show_progress and primary else None
     for name in names:  # builds every program (and checks init_checkpoint) before anything is written
         jobs[name] = StrategyJob.build(config, name, dataset, display)
-    if config.overwrite:
+    if config.overwrite and primary:
         clear_workdir(workdir)
-    else:
+    elif not config.overwrite:
         checkpoint.check_workdir(workdir, config)
+    mesh.sync("workdir checked")  # no process writes before every process has read the workdir
     checkpoints = checkpoint.Checkpoints(os.path.join(workdir, checkpoint.CHECKPOINTS_DIR))
     latest = checkpoints.latest_step()
     saved = checkpoints.progress(latest) if latest is not None else None
@@ -561,7 +609,7 @@ def run_experiment(
     for record in [rec for entry in results["strategies"].values() for rec in entry["runs"]] + in_flight:
         if record["diverged"] and record["diverged"]["checkpoint_step"] is not None:
             checkpoints.keep(record["diverged"]["checkpoint_step"])
-    scalars = monitor.tensorboard_writer(os.path.join(workdir, "tensorboard"))
+    scalars = monitor.tensorboard_writer(os.path.join(workdir, "tensorboard")) if primary else None
 
     def on_batch(event: dict) -> None:
         log(event)
@@ -587,10 +635,9 @@ def run_experiment(
             if saved is not None and saved["chunk"] == k:
                 states = checkpoints.restore(latest, progress.states)
                 progress = ChunkProgress(states, saved["records"], np.asarray(saved["alive"], bool), saved["batch"] + 1)
-                print(
+                log_line(
                     f"{name} {runs_label(chunk.runs)}: resuming after batch {progress.next_batch}/{num_batches} "
-                    f"from {checkpoints.path(latest)}",
-                    flush=True,
+                    f"from {checkpoints.path(latest)}"
                 )
 
             def save(chunk_progress: ChunkProgress, k: int = k) -> None:
@@ -627,10 +674,13 @@ def run_experiment(
                 entry = results["strategies"][job.entry(point)]
                 complete = [rec for rec in entry["runs"] if rec["diverged"] is None]
                 entry["summary"] = metrics.summarize(complete) if complete else None
-            diagnostics.write_results(workdir, results)  # results.json + diagnostics_<strategy>.npz
-    diagnostics.write_results(workdir, results)  # also when a resumed workdir had nothing left to do
+            if primary:
+                diagnostics.write_results(workdir, results)  # results.json + diagnostics_<strategy>.npz
     checkpoints.close()
-    if scalars is not None:
-        scalars.close()  # every batch was flushed already
-    report.write_report(workdir)
+    if primary:
+        diagnostics.write_results(workdir, results)  # also when a resumed workdir had nothing left to do
+        if scalars is not None:
+            scalars.close()  # every batch was flushed already
+        report.write_report(workdir)
+    mesh.sync("results written")
     return results

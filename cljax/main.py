@@ -15,11 +15,16 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from cljax import experiment, grid
-from cljax.config import ConfigError
+from cljax.config import ConfigError, validate_distributed
+from cljax.experiment import is_primary
 from cljax.scenarios import DataError
 from cljax.strategies import STRATEGIES
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/default", "Directory for results.json, checkpoints and reports.")
+
+
+def quiet(event: dict) -> None:
+    del event  # processes other than 0 print no progress lines
 
 
 def fail(message: str) -> None:
@@ -93,15 +98,44 @@ def use_compilation_cache(enabled: bool) -> None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
+CLUSTER_VARIABLES = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")  # processes of a launched job
+
+
+def cluster_detected() -> bool:
+    """A multi-process job launched by a cluster manager (SLURM, Open MPI, MPICH) or on a TPU pod slice:
+    ``jax.distributed.initialize()`` then finds the coordinator by itself."""
+    sizes = [os.environ.get(name, "1") for name in CLUSTER_VARIABLES]
+    tpu_hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+    return any(size.isdigit() and int(size) > 1 for size in sizes) or "," in tpu_hosts
+
+
+def start_distributed(distributed) -> None:
+    """Several hosts: ``jax.distributed.initialize`` with the config's coordinator, number of processes
+    and process id, or with the cluster's own (``cluster_detected``); one host: nothing to do."""
+    if distributed.coordinator:
+        jax.distributed.initialize(
+            coordinator_address=distributed.coordinator,
+            num_processes=distributed.num_processes,
+            process_id=distributed.process_id,
+        )
+    elif cluster_detected():
+        jax.distributed.initialize()
+
+
 def run(config, workdir: str) -> int:
     """The command after flag parsing: runs (or resumes) the experiment; returns the exit code,
-    2 after one line on stderr for bad input (config, data, a workdir holding another config)."""
+    2 after one line on stderr for bad input (config, data, a workdir holding another config).
+    On several hosts every process runs it; process 0 alone writes and prints the results."""
     use_compilation_cache(bool(config.compilation_cache))
     try:
-        results = experiment.run_experiment(config, workdir)
+        validate_distributed(config.distributed)
+        start_distributed(config.distributed)
+        results = experiment.run_experiment(config, workdir, log=experiment.print_progress if is_primary() else quiet)
     except (ConfigError, DataError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+    if not is_primary():
+        return 0
     print()
     print(experiment.comparison_table(results))
     print(f"\nresults: {workdir}/results.json")

@@ -33,10 +33,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import PartitionSpec
 
 from cljax import diagnostics, engine, transforms
 from cljax.engine import GRID, MEMBER, RUN, TrainState, vmap_members
-from cljax.models import HEAD
+from cljax.mesh import to_host
+from cljax.models import HEAD, apply_function
 from cljax.strategies.base import BatchContext, Strategy
 
 # Training fields that are traced per grid point (``hparams``), besides a strategy's own.
@@ -78,6 +80,17 @@ class BatchMetrics(NamedTuple):
     importance_F: jax.Array  # [bins] histogram of F (strategies with importance; else empty)
     importance_F_hat: jax.Array  # [bins] histogram of F̂
     saturated: jax.Array  # fraction of F̂ at max_F (eq. 8, 11)
+
+
+class Started(NamedTuple):
+    """The members after ``begin`` (``before_batch`` and the learning rate), with what the fit and
+    the end of the batch need."""
+
+    states: TrainState
+    extras: dict[str, jax.Array]  # per-example arrays of the strategy's loss (LwF's soft targets)
+    eval_before: Any  # the evaluated parameters before the batch (weight change, Fig. 13)
+    epochs: jax.Array  # int32 [R, G]: this batch's epochs
+    fit_keys: jax.Array  # [R]: the fit's keys
 
 
 class Keys(NamedTuple):
@@ -126,6 +139,12 @@ def features_are_deterministic(model: nn.Module, input_shape: tuple[int, ...]) -
     return bool(jnp.array_equal(*_features_both_modes(model, params, x)))
 
 
+def batch_input_specs(layout) -> BatchInputs:
+    """Partition specs of ``BatchInputs``: every field is per run but the shared batch index."""
+    run = layout.spec(RUN)
+    return BatchInputs(PartitionSpec(), *([run] * (len(BatchInputs._fields) - 1)))
+
+
 @dataclasses.dataclass(frozen=True)
 class StreamProgram:
     """The compiled programs of one strategy: everything static about its runs."""
@@ -140,23 +159,52 @@ class StreamProgram:
     loop: str = "device"  # device: the step loop inside the program | host: a jitted call per step
     feature_cache: bool = True  # frozen-body batches train the head on features computed once
     pretrained: Any = None  # initial params merged into every run's init (config.init_checkpoint)
+    x_divisor: float = 1.0  # the dataset's stored images: the model sees x / x_divisor
+    compute_dtype: str = "float32"  # float32 | bfloat16 (mixed precision: parameters stay float32)
+    layout: Any = None  # cljax.mesh.MemberLayout: members and mini-batches over a device mesh; None: one device
     progress: Callable[[Any, Any], None] | None = None
     max_traces: int | None = None  # tests: fail if a program is traced (compiled) more often
 
     def __post_init__(self):
+        # The model as the programs call it: stored images converted inside, in the compute precision.
+        object.__setattr__(self, "apply_fn", apply_function(self.model, self.x_divisor, self.compute_dtype))
         options = dict(
-            progress=self.progress, loop=self.loop, max_traces=self.max_traces, gradients=self.strategy.gradients
+            progress=self.progress,
+            loop=self.loop,
+            max_traces=self.max_traces,
+            gradients=self.strategy.gradients,
+            layout=self.layout,
         )
-        fit = engine.make_member_fit(self.model.apply, self.tx, self.strategy.loss, self.batch_size, **options)
-        head_fit = engine.make_member_fit(apply_head, self.tx, self.strategy.loss, self.batch_size, **options)
-        object.__setattr__(self, "_fit", fit)
-        object.__setattr__(self, "_head_fit", head_fit)
+        object.__setattr__(
+            self, "_fit", engine.make_member_fit(self.apply_fn, self.tx, self.strategy.loss, self.batch_size, **options)
+        )
+        object.__setattr__(
+            self,
+            "_head_fit",
+            engine.make_member_fit(apply_head, self.tx, self.strategy.loss, self.batch_size, **options),
+        )
         traced = functools.partial(engine.limit_traces, n=self.max_traces)
         object.__setattr__(self, "_init", jax.jit(traced(self._init_members), static_argnames="num_points"))
-        object.__setattr__(self, "_evaluate", jax.jit(traced(self._evaluate_members)))
-        object.__setattr__(self, "_begin_jit", jax.jit(traced(self._begin)))
-        object.__setattr__(self, "_features_jit", jax.jit(traced(self._cached_features)))
-        object.__setattr__(self, "_end_jit", jax.jit(traced(self._end)))
+        member, run, grid = (self._spec(kind) for kind in (MEMBER, RUN, GRID))
+        inputs = batch_input_specs(self.layout) if self.layout is not None else None
+        stages = {
+            "_begin_jit": (self._begin, (member, inputs, grid), (member, member, member, member, run)),
+            "_features_jit": (self._cached_features, (member, run), member),
+            "_end_jit": (self._end, (member, member, member, member, inputs, grid, member), (member, member)),
+        }
+        for name, (fn, in_specs, out_specs) in stages.items():
+            if self.layout is not None:
+                fn = self.layout.shard_map(fn, in_specs, out_specs)
+            object.__setattr__(self, name, jax.jit(traced(fn)))
+        object.__setattr__(self, "_evaluators", {})
+
+    def _spec(self, kind):
+        return None if self.layout is None else self.layout.spec(kind)
+
+    def place(self, tree: Any, kind: str | None) -> Any:
+        """Host arrays on the devices, once, as the programs take them: sharded over the mesh
+        (``layout.place``: each process transfers only its devices' shards), else on the one device."""
+        return jax.device_put(tree) if self.layout is None else self.layout.place(tree, kind)
 
     # ---- initial states ----
 
@@ -168,7 +216,8 @@ class StreamProgram:
         return jax.tree.map(lambda a: jnp.broadcast_to(a[:, None], (a.shape[0], num_points, *a.shape[1:])), states)
 
     def init(self, run_keys: jax.Array, num_points: int = 1) -> TrainState:
-        """Every member's initial state, [R, G]: run r's weights from ``run_keys[r]``."""
+        """Every member's initial state, [R, G]: run r's weights from ``run_keys[r]`` (placed on the
+        mesh, when there is one, with the members' sharding)."""
         # One call per run of one compiled init (shared by every strategy and the feature probe).
         per_run = [initial_params(self.model, self.input_shape, key) for key in run_keys]
         params = jax.tree.map(lambda *leaves: jnp.stack(leaves), *per_run)
@@ -176,7 +225,8 @@ class StreamProgram:
             from cljax.models.pretrained import merge_pretrained
 
             params = jax.vmap(lambda p: merge_pretrained(p, self.pretrained))(params)
-        return engine.strongly_typed(self._init(params, num_points=num_points))
+        states = engine.strongly_typed(self._init(params, num_points=num_points))
+        return self.place(states, MEMBER)
 
     # ---- one batch ----
 
@@ -193,7 +243,7 @@ class StreamProgram:
             logit_mask=logit_mask,
             hparams=hp,
             key=key,
-            apply_fn=self.model.apply,
+            apply_fn=self.apply_fn,
             tx=self.tx,
         )
 
@@ -225,20 +275,16 @@ class StreamProgram:
         started, extras = vmap_members(begin, kinds)(
             states, *self._run_args(inputs), inputs.run_keys, inputs.index, hparams
         )
-        return started, extras, eval_before
-
-    def _fit_args(self, inputs: BatchInputs, hparams, num_runs: int):
+        # The fit's epochs per member [R, G] (B_1's or B_i>1's) and keys per run [R].
         epochs = jnp.where(inputs.index == 0, hparams["epochs_first"], hparams["epochs"])  # [G]
-        epochs = jnp.broadcast_to(epochs[None], (num_runs, epochs.shape[0]))
+        epochs = jnp.broadcast_to(epochs[None], (inputs.run_keys.shape[0], epochs.shape[0]))
         fit_keys = jax.vmap(lambda k: batch_keys(k, inputs.index).fit)(inputs.run_keys)
-        return inputs.num_examples, epochs, inputs.fit_mask, fit_keys
+        return started, extras, eval_before, epochs, fit_keys
 
     def _cached_features(self, states: TrainState, x: jax.Array) -> jax.Array:
         """[R, G, capacity, D]: every member's penultimate features of its run's images."""
         chunk = min(self.eval_chunk, x.shape[1])
-        return vmap_members(lambda p, xs: engine.features(self.model.apply, p, xs, chunk), (MEMBER, RUN))(
-            states.params, x
-        )
+        return vmap_members(lambda p, xs: engine.features(self.apply_fn, p, xs, chunk), (MEMBER, RUN))(states.params, x)
 
     def _end(self, states, before, eval_before, fit_metrics, inputs: BatchInputs, hparams, alive):
         """``after_batch``, the divergence check and the diagnostics; a member that diverged (or was
@@ -287,7 +333,7 @@ class StreamProgram:
     def _uses_cached_features(self, states: TrainState) -> bool:
         """Whether every member's body is frozen and cached features give the same fit."""
         frozen = transforms.frozen_body(states.opt_state)
-        return frozen is not None and self.feature_cache and bool(jnp.all(frozen))
+        return frozen is not None and self.feature_cache and bool(np.all(to_host(frozen)))
 
     def train_batch(
         self, states: TrainState, inputs: BatchInputs, hparams: Mapping[str, jax.Array], alive: jax.Array
@@ -298,23 +344,24 @@ class StreamProgram:
 
         The composition ``end(fit(begin(...)))`` of the stages below, each a compiled program
         (the fit a few of them, so that the host can show progress between them)."""
-        started, extras, eval_before = self.begin(states, inputs, hparams)
-        fitted, fit_metrics = self.fit(started, extras, inputs, hparams)
-        return self.end(fitted, states, eval_before, fit_metrics, inputs, hparams, alive)
+        started = self.begin(states, inputs, hparams)
+        fitted, fit_metrics = self.fit(started, inputs)
+        return self.end(fitted, states, started.eval_before, fit_metrics, inputs, hparams, alive)
 
     # The stages of ``train_batch``, for looking inside a batch.
 
-    def begin(self, states: TrainState, inputs: BatchInputs, hparams: Mapping[str, jax.Array]):
-        """``before_batch`` and the learning rate: (states, extras, evaluated params before the batch)."""
-        return self._begin_jit(states, inputs, hparams)
+    def begin(self, states: TrainState, inputs: BatchInputs, hparams: Mapping[str, jax.Array]) -> Started:
+        """``before_batch`` and the learning rate, for every member (``Started``)."""
+        return Started(*self._begin_jit(states, inputs, hparams))
 
-    def fit(self, states: TrainState, extras, inputs: BatchInputs, hparams: Mapping[str, jax.Array]):
+    def fit(self, started: Started, inputs: BatchInputs) -> tuple[TrainState, engine.FitMetrics]:
         """All epochs and mini-batches of the batch: (states, ``engine.FitMetrics``) [R, G].
 
         When every member's body is frozen (``transforms.freeze_body``: CWR, CWR+ after B_1) and
         ``feature_cache`` allows it, the head trains on penultimate features computed once; the
         body's updates are zero either way, so the result is that of the full fit."""
-        fit_args = self._fit_args(inputs, hparams, inputs.num_examples.shape[0])
+        states, extras = started.states, started.extras
+        fit_args = (inputs.num_examples, started.epochs, inputs.fit_mask, started.fit_keys)
         if self._uses_cached_features(states):
             feats = self._features_jit(states, inputs.data["x"])
             run_data = {k: v for k, v in inputs.data.items() if k != "x"}
@@ -331,8 +378,8 @@ class StreamProgram:
         """One member's evaluation scores on ``x``: the strategy's ``logits`` or the evaluated params'."""
         del train
         if self.strategy.logits is not None:
-            return self.strategy.logits(state, x, self.model.apply)
-        return self.model.apply(self.strategy.eval_params(state), x, train=False)
+            return self.strategy.logits(state, x, self.apply_fn)
+        return self.apply_fn(self.strategy.eval_params(state), x, train=False)
 
     def _evaluate_members(self, states: TrainState, test: EvalInputs) -> jax.Array:
         x_kind = RUN if test.x.ndim == len(self.input_shape) + 2 else None
@@ -347,7 +394,15 @@ class StreamProgram:
 
     def evaluate(self, states: TrainState, test: EvalInputs) -> jax.Array:
         """[R, G, C, C] confusion matrices (true class, predicted class) of the evaluated params."""
-        return self._evaluate(states, test)
+        x_kind = RUN if test.x.ndim == len(self.input_shape) + 2 else None  # per run, or one for all
+        if x_kind not in self._evaluators:
+            fn = self._evaluate_members
+            if self.layout is not None:
+                run = self._spec(RUN)
+                specs = (self._spec(MEMBER), EvalInputs(self._spec(x_kind), run, run, run))
+                fn = self.layout.shard_map(fn, specs, self._spec(MEMBER))
+            self._evaluators[x_kind] = jax.jit(engine.limit_traces(fn, self.max_traces))
+        return self._evaluators[x_kind](states, test)
 
     def abstract_state(self) -> TrainState:
         """Shapes and dtypes of one member's state (nothing computed)."""

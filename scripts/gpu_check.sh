@@ -1,26 +1,31 @@
 #!/usr/bin/env bash
 # GPU check, one prepared script (run on a machine with an NVIDIA GPU and jax[cuda]):
 #   bash scripts/gpu_check.sh OUTDIR
-# 1. the engine/strategy tests on the GPU backend, 2. throughput of one incremental
-# batch per model (scripts/benchmark.py), 3. the default job's wall time.
+# Each step has its own time limit (STEP_SECONDS), so one slow step cannot use up the others' time:
+# 1. runs vmapped against one run (scripts/benchmark_runs.py): the MLP on Fashion-MNIST-sized data,
+#    GoogLeNet at 128x128 with mini-batches of 64 (synthetic images: the shapes are what matters);
+# 2. CifarNet with 10 runs vmapped, float32 and bfloat16 (compute_dtype);
+# 3. the default job (split digits), float32 then bfloat16 on three strategies, for its wall time
+#    and the accuracies of both precisions side by side.
 set -u
 out=${1:-/tmp/gpu_check}
+step_seconds=${STEP_SECONDS:-200}
 mkdir -p "$out"
-export PYTHONUNBUFFERED=1 PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
+export PYTHONUNBUFFERED=1 PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD CLJAX_CACHE_DIR=/tmp/cljax_xla
+log="$out/log.txt"
 nvidia-smi -L | tee "$out/device.txt"
 python3 -c "import jax; print(jax.__version__, jax.devices())" | tee -a "$out/device.txt"
-python3 -m pytest -q -p no:cacheprovider tests/test_engine.py tests/test_baselines.py tests/test_transforms.py \
-  tests/test_architectural.py tests/test_regularization_stream.py 2>&1 | tail -15 | tee "$out/tests.txt"
-bench() { python3 scripts/benchmark.py "$@" 2>/dev/null | tail -1 | tee -a "$out/bench.jsonl"; }
-bench --model=mlp --input_shape=28,28,1 --examples=12000 --batch_size=32
-bench --model=cifarnet --input_shape=32,32,3 --examples=5000 --batch_size=128 --epochs=2
-# CORe50-sized models (128x128): pass --paper_models to include them (GoogLeNet's compile is slow).
-if [ "${2:-}" = "--paper_models" ]; then
-  bench --model=caffenet --input_shape=128,128,3 --examples=2400 --batch_size=256 --classes=50
-  bench --model=googlenet --input_shape=128,128,3 --examples=2400 --batch_size=64 --classes=50
-  bench --model=nin --input_shape=128,128,3 --examples=2400 --batch_size=256 --classes=50
-fi
-start=$(date +%s.%N)
-python3 -m cljax.main --workdir=/tmp/gpu_default > "$out/default_job.txt" 2>&1
-python3 -c "import sys, time; print(f'default job wall seconds: {time.time() - float(sys.argv[1]):.1f}')" "$start" \
-  | tee -a "$out/default_job.txt"
+step() {
+  echo "+ $*" | tee -a "$log"
+  local start=$SECONDS
+  timeout "$step_seconds" "$@" 2>&1 | grep -v -E '^(I|W)[0-9]{4} ' | tail -12 | tee -a "$log"
+  echo "  ($((SECONDS - start)) s)" | tee -a "$log"
+}
+bench="python3 scripts/benchmark_runs.py"
+step $bench --synthetic=28,28,1:6000 --runs=10 --modes=vmapped,one
+step $bench --synthetic=128,128,3:200 --model=googlenet --batch_size=64 --epochs=1 --runs=10 --modes=vmapped,one
+step $bench --synthetic=32,32,3:1000 --model=cifarnet --runs=10 --modes=vmapped
+step $bench --synthetic=32,32,3:1000 --model=cifarnet --runs=10 --modes=vmapped --compute_dtype=bfloat16
+step python3 -m cljax.main --workdir="$out/default_job" --config.compilation_cache=False
+step python3 -m cljax.main --workdir="$out/default_job_bf16" --config.compilation_cache=False \
+  --config.compute_dtype=bfloat16 --config.strategies=naive,ewc,ar1

@@ -22,7 +22,7 @@ from absl import app, flags
 
 from cljax import engine, scenarios
 from cljax.config import base_config
-from cljax.models import build_model
+from cljax.models import apply_function, build_model
 from cljax.models.pretrained import save_params
 
 
@@ -47,7 +47,8 @@ def pretrain(
     tx = engine.make_optimizer(optimizer, momentum)
     state = engine.TrainState(params, tx.init(params), ())
     state = state._replace(opt_state=engine.set_learning_rate(state.opt_state, lr))
-    fit = engine.make_fit(model.apply, tx, engine.cross_entropy, batch_size)
+    apply_fn = apply_function(model, dataset.x_divisor)  # stored (uint8) images become float inside
+    fit = engine.make_fit(apply_fn, tx, engine.cross_entropy, batch_size)
     data = jax.device_put({"x": dataset.train_x, "y": dataset.train_y})
     all_classes = jnp.ones(dataset.num_classes, bool)
     test_x = jax.device_put(dataset.test_x)
@@ -59,7 +60,7 @@ def pretrain(
         if int(metrics.nonfinite_step) >= 0:
             raise FloatingPointError(f"epoch {epoch + 1}: loss or gradient not finite; lower --lr")
         preds = engine.predict(
-            model.apply, state.params, test_x, all_classes[None], jnp.zeros(len(dataset.test_y), jnp.int32), chunk
+            apply_fn, state.params, test_x, all_classes[None], jnp.zeros(len(dataset.test_y), jnp.int32), chunk
         )
         history["train_loss"].append(float(metrics.loss))
         history["test_accuracy"].append(float(np.mean(np.asarray(preds) == dataset.test_y)))

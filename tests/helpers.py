@@ -76,12 +76,12 @@ def run_logged(job, scenario, run: int = 0) -> list[tuple[str, int, Any]]:
     log = [("initial", -1, engine.unstack_member(states))]
     for i in range(scenario.num_batches):
         inputs = experiment.batch_inputs(job, [scenario], heads, keys, i)
-        started, extras, eval_before = program.begin(states, inputs, job.traced)
-        log.append(("reset", i, engine.unstack_member(started)))
-        fitted, fit_metrics = program.fit(started, extras, inputs, job.traced)
+        started = program.begin(states, inputs, job.traced)
+        log.append(("reset", i, engine.unstack_member(started.states)))
+        fitted, fit_metrics = program.fit(started, inputs)
         assert int(fit_metrics.nonfinite_step[0, 0]) < 0
         log.append(("trained", i, engine.unstack_member(fitted)))
-        states, _ = program.end(fitted, states, eval_before, fit_metrics, inputs, job.traced, alive)
+        states, _ = program.end(fitted, states, started.eval_before, fit_metrics, inputs, job.traced, alive)
         log.append(("consolidated", i, engine.unstack_member(states)))
     return log
 

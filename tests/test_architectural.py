@@ -145,7 +145,8 @@ def test_no_recompilation_and_consolidation_keeps_shapes_and_dtypes(jobs, digits
     run_shared(jobs, digits, strategy, build_scenario(shared_config(strategy), 1, digits))  # another order
     program = jobs[strategy].program  # max_traces=1 raised if any stage compiled again
     assert program._fit.compiled.__wrapped__.traces == 1  # CWR, CWR+: B_1 (body and head); AR1: every batch
-    assert program._head_fit.compiled.__wrapped__.traces == (0 if strategy == "ar1" else 1)  # CWR, CWR+: cached features
+    head_fit_traces = program._head_fit.compiled.__wrapped__.traces
+    assert head_fit_traces == (0 if strategy == "ar1" else 1)  # CWR, CWR+: cached features
     first = states(log, "reset")[0]
     for state in states(log, "consolidated") + states(log, "reset"):
         chex.assert_trees_all_equal_shapes_and_dtypes(state.strategy_state, first.strategy_state)
@@ -226,7 +227,7 @@ def test_cwr_plus_second_batch_is_one_sgd_step_from_zero_on_frozen_features(digi
     after_b1 = states(log, "consolidated")[0]
     assert np.all(np.asarray(after_b1.params["params"]["head"]["bias"]) == 0)  # bias held at zero in B_1 too
     batch = scenario.batches[1]
-    feats = np.asarray(job.program.model.apply(after_b1.params, jnp.asarray(batch.x), method="features"), np.float64)
+    feats = np.asarray(job.program.apply_fn(after_b1.params, jnp.asarray(batch.x), method="features"), np.float64)
     onehot = np.eye(10)[batch.y]
     tw = 0.5 / len(batch.y) * feats.T @ (onehot - 1 / 10)
     trained = states(log, "trained")[1]

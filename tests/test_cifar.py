@@ -76,7 +76,7 @@ def test_plain_cifar_dataset_is_split_by_the_config(cifar_dir):
     data_dir, written = cifar_dir
     dataset = load_cifar("cifar10", data_dir)
     assert dataset.protocol is None and dataset.num_classes == 10
-    assert dataset.train_x.dtype == np.float32 and dataset.train_x.max() <= 1.0
+    assert dataset.train_x.dtype == np.uint8 and dataset.x_divisor == 255.0
     scenario = build_scenario(cifar_config("cifar10", data_dir, classes_per_batch=5), 0, dataset)
     assert scenario.batch_classes == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
 
@@ -199,7 +199,7 @@ def test_tfds_data_source_is_used_when_prepared(tmp_path):
         dataset = load_dataset("icifar100", str(tmp_path), cifar_config("icifar100", str(tmp_path)))
         plain = load_cifar("cifar10", str(tmp_path))  # no pickles in tmp_path: only tfds can have given it
     images, labels = made[("cifar100", "train")]
-    np.testing.assert_array_equal(dataset.train_x, images.astype(np.float32) / 255)
+    np.testing.assert_array_equal(dataset.train_x, images)
     np.testing.assert_array_equal(dataset.train_y, labels)
     np.testing.assert_array_equal(plain.test_y, made[("cifar10", "test")][1])
     scenario = build_scenario(cifar_config("icifar100", str(tmp_path)), 0, dataset)

@@ -211,7 +211,7 @@ def test_weight_change_and_confusion_matrices_match_numpy():
         flat_after = dict(jax.tree_util.tree_flatten_with_path(after["params"])[0])
         expected = [np.mean(np.abs(flat_after[p].astype(np.float64) - flat_before[p])) for p in flat_after]
         np.testing.assert_allclose(record["diagnostics"]["weight_change"][t], expected, rtol=1e-5)
-        logits = np.asarray(job.program.model.apply(after, scenario.test_x))
+        logits = np.asarray(job.program.apply_fn(after, scenario.test_x))
         cm = np.zeros((10, 10), np.int64)
         for true, guess in zip(scenario.test_y, logits.argmax(axis=1), strict=True):
             cm[true, guess] += 1

@@ -90,7 +90,7 @@ def test_digits_split_is_fixed_and_stratified(tiny_config):
     np.testing.assert_array_equal(a.test_y, b.test_y)
     assert a.input_shape == (8, 8, 1) and a.num_classes == 10
     assert len(a.train_y) + len(a.test_y) == 1797
-    assert 0.0 <= a.train_x.min() and a.train_x.max() <= 1.0
+    assert a.train_x.dtype == np.uint8 and a.train_x.max() <= a.x_divisor == 16.0
     train_frac = np.bincount(a.train_y) / len(a.train_y)
     test_frac = np.bincount(a.test_y) / len(a.test_y)
     np.testing.assert_allclose(train_frac, test_frac, atol=0.01)
@@ -121,8 +121,9 @@ def test_fashion_mnist_reads_idx_files(tmp_path, compress):
     ]:
         write_idx(str(tmp_path / (stem + suffix)), arr, compress)
     data = load_fashion_mnist(str(tmp_path))
-    assert data.train_x.shape == (20, 28, 28, 1) and data.train_x.dtype == np.float32
-    np.testing.assert_allclose(data.train_x[..., 0] * 255.0, train_x, atol=1e-4)
+    assert data.train_x.shape == (20, 28, 28, 1) and data.train_x.dtype == np.uint8
+    assert data.x_divisor == 255.0
+    np.testing.assert_array_equal(data.train_x[..., 0], train_x)
     np.testing.assert_array_equal(data.test_y, test_y)
 
 

@@ -6,8 +6,12 @@ Strategies find the classifier by its name (``HEAD``), never by position.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
 
 from cljax.models.caffenet import CaffeNetBody
 from cljax.models.cifarnet import CifarNetBody
@@ -31,6 +35,42 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def pixel_table(divisor: float) -> np.ndarray:
+    """[256] float32: uint8 value v -> v / divisor, rounded as NumPy rounds it (XLA would turn a
+    division by a constant into a multiplication by its reciprocal, which rounds differently)."""
+    return np.arange(256, dtype=np.float32) / np.float32(divisor)
+
+
+def float_images(x: jax.Array, divisor: float) -> jax.Array:
+    """Images in their stored dtype (uint8) as float32 in [0, 1]; float images pass unchanged."""
+    if jnp.issubdtype(x.dtype, jnp.floating):
+        return x
+    return jnp.asarray(pixel_table(divisor))[x]
+
+
+def apply_function(model: nn.Module, x_divisor: float = 1.0, compute_dtype: str = "float32") -> Callable[..., Any]:
+    """``model.apply`` for stored images and a compute precision: uint8 inputs become float32 inside
+    the compiled program (``float_images``); with ``compute_dtype='bfloat16'`` parameters and inputs
+    are cast to bfloat16 for the forward pass and the outputs back to float32, so parameters,
+    gradients and optimizer state stay float32 (mixed precision)."""
+    dtype = jnp.dtype(compute_dtype)
+
+    def cast(tree):
+        return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+
+    def apply(params, x, *args, **kwargs):
+        x = float_images(x, x_divisor)
+        if dtype == jnp.float32:
+            return model.apply(params, x, *args, **kwargs)
+        out = model.apply(cast(params), x.astype(dtype), *args, **kwargs)
+        return jax.tree.map(lambda a: a.astype(jnp.float32), out)
+
+    return apply
+
+
 def build_model(config, num_classes: int) -> nn.Module:
     if config.model not in MODELS:
         raise ValueError(f"model={config.model!r} is unknown; allowed: {', '.join(sorted(MODELS))}")
@@ -38,6 +78,7 @@ def build_model(config, num_classes: int) -> nn.Module:
 
 
 __all__ = [
+    "COMPUTE_DTYPES",
     "HEAD",
     "MODELS",
     "CaffeNetBody",
@@ -46,5 +87,7 @@ __all__ = [
     "GoogLeNet",
     "MLPBody",
     "NiNBody",
+    "apply_function",
     "build_model",
+    "float_images",
 ]

@@ -43,7 +43,9 @@ class BenchmarkProtocol(Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-    """A labelled train/test split, images as float32 in [0, 1] (or standardised).
+    """A labelled train/test split. Images keep their stored dtype (uint8: 4x less memory than
+    float32 on the host and on the device); the model sees ``x / x_divisor`` as float32, converted
+    inside the compiled programs (``cljax.models.float_images``). Float images have divisor 1.
 
     ``protocol`` is set for benchmarks with official batches (CORe50, CIFAR-10/100
     split); their train/test arrays then hold every image any run uses, with the
@@ -51,12 +53,13 @@ class Dataset:
     """
 
     name: str
-    train_x: np.ndarray  # [N, ...] float32
+    train_x: np.ndarray  # [N, ...] uint8 (or float32)
     train_y: np.ndarray  # [N] int32, class ids in [0, num_classes)
     test_x: np.ndarray
     test_y: np.ndarray
     num_classes: int
     protocol: BenchmarkProtocol | None = None
+    x_divisor: float = 1.0  # uint8 images: the model sees x / x_divisor (255: [0, 1])
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -67,7 +70,7 @@ class Dataset:
 class IncrementalBatch:
     """One batch B_i of the stream."""
 
-    x: np.ndarray  # [n_i, ...] float32
+    x: np.ndarray  # [n_i, ...] the dataset's stored dtype (uint8)
     y: np.ndarray  # [n_i] int32
     # Class ids present in this batch. NC: disjoint across batches
     # (the classes it introduces); NI/NIC: a class may appear in several batches.

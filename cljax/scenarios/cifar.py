@@ -160,22 +160,22 @@ def read_cifar(name: str, data_dir: str = "") -> dict[str, tuple[np.ndarray, np.
     return splits
 
 
-def _as_float(splits, keep_class=None, label_offset: int = 0) -> tuple[np.ndarray, ...]:
-    """(train_x, train_y, test_x, test_y): images float32 in [0, 1], labels int32 (+ offset)."""
+def _as_arrays(splits, keep_class=None, label_offset: int = 0) -> tuple[np.ndarray, ...]:
+    """(train_x, train_y, test_x, test_y): images uint8 (the model sees x / 255), labels int32 (+ offset)."""
     out = []
     for split in ("train", "test"):
         x, y = splits[split]
         if keep_class is not None:
             keep = keep_class(y)
             x, y = x[keep], y[keep]
-        out += [x.astype(np.float32) / np.float32(255), (y + label_offset).astype(np.int32)]
+        out += [np.asarray(x, np.uint8), (y + label_offset).astype(np.int32)]
     return tuple(out)
 
 
 def load_cifar(name: str, data_dir: str = "") -> Dataset:
-    """CIFAR-10 or CIFAR-100 as a plain dataset (NC split from the config), [32, 32, 3] in [0, 1]."""
-    train_x, train_y, test_x, test_y = _as_float(read_cifar(name, data_dir))
-    return Dataset(name, train_x, train_y, test_x, test_y, num_classes=CIFAR[name].num_classes)
+    """CIFAR-10 or CIFAR-100 as a plain dataset (NC split from the config), [32, 32, 3] uint8 (x / 255)."""
+    train_x, train_y, test_x, test_y = _as_arrays(read_cifar(name, data_dir))
+    return Dataset(name, train_x, train_y, test_x, test_y, num_classes=CIFAR[name].num_classes, x_divisor=255.0)
 
 
 def load_icifar100(config) -> Dataset:
@@ -199,8 +199,8 @@ def load_cifar_split(config) -> Dataset:
         raise ConfigError(f"num_batches={config.num_batches} is invalid for dataset=cifar_split: it has 11 batches")
     num_batches = config.num_batches or max_batches
     c100_classes = (num_batches - 1) * CIFAR100_CLASSES_PER_BATCH
-    c10 = _as_float(read_cifar("cifar10", config.data_dir))
-    c100 = _as_float(read_cifar("cifar100", config.data_dir), lambda y: y < c100_classes, CIFAR10_BATCH)
+    c10 = _as_arrays(read_cifar("cifar10", config.data_dir))
+    c100 = _as_arrays(read_cifar("cifar100", config.data_dir), lambda y: y < c100_classes, CIFAR10_BATCH)
     base = Dataset(
         "cifar_split",
         np.concatenate([c10[0], c100[0]]),
@@ -208,6 +208,7 @@ def load_cifar_split(config) -> Dataset:
         np.concatenate([c10[2], c100[2]]),
         np.concatenate([c10[3], c100[3]]),
         num_classes=CIFAR10_BATCH + c100_classes,
+        x_divisor=255.0,
     )
 
     def class_order(run: int) -> list[int]:

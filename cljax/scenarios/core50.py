@@ -383,4 +383,5 @@ def load_core50(config) -> Dataset:
         test_y=dataset_ids[test_index].astype(np.int32),
         num_classes=num_classes,
         protocol=protocol,
+        x_divisor=255.0,
     )

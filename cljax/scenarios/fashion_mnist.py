@@ -62,7 +62,7 @@ def _find(data_dir: str, stem: str) -> str:
 
 
 def load_fashion_mnist(data_dir: str = DEFAULT_DIR) -> Dataset:
-    """Train 60,000 / test 10,000 images, [28, 28, 1] float32 in [0, 1], 10 classes."""
+    """Train 60,000 / test 10,000 images, [28, 28, 1] uint8 (seen by the model as x / 255), 10 classes."""
     if not os.path.isdir(data_dir):
         raise DataError(f"Fashion-MNIST directory data_dir={data_dir!r} does not exist; {HOW_TO_GET}")
     arrays = {key: read_idx(_find(data_dir, stem)) for key, stem in FILES.items()}
@@ -72,7 +72,7 @@ def load_fashion_mnist(data_dir: str = DEFAULT_DIR) -> Dataset:
             raise DataError(f"Fashion-MNIST {split} files in {data_dir!r} disagree: images {x.shape}, labels {y.shape}")
         if y.size and int(y.max()) >= 10:
             raise DataError(f"Fashion-MNIST {split} labels in {data_dir!r} go beyond class 9")
-    as_images = lambda a: (a.astype(np.float32) / 255.0)[..., None]
+    as_images = lambda a: np.ascontiguousarray(a.astype(np.uint8)[..., None])
     return Dataset(
         "fashion_mnist",
         as_images(arrays["train_x"]),
@@ -80,4 +80,5 @@ def load_fashion_mnist(data_dir: str = DEFAULT_DIR) -> Dataset:
         as_images(arrays["test_x"]),
         arrays["test_y"].astype(np.int32),
         num_classes=10,
+        x_divisor=255.0,
     )

@@ -188,7 +188,8 @@ def load_images_in_chunks(
     image_size: int,
     chunk: int = 2048,
 ) -> np.ndarray:
-    """float32 [len(indices), s, s, c] in [0, 1] from ``read(index_chunk) -> uint8 [k, h, w, c]``.
+    """uint8 [len(indices), s, s, c] from ``read(index_chunk) -> uint8 [k, h, w, c]`` (resized if
+    ``image_size``; the model sees x / 255).
 
     Reads, resizes and converts ``chunk`` images at a time into one preallocated
     array, so the peak memory is the result plus one chunk.
@@ -201,10 +202,10 @@ def load_images_in_chunks(
         if image_size:
             raw = resize_images(raw, image_size)
         if out is None:
-            out = np.empty((len(indices),) + raw.shape[1:], np.float32)
+            out = np.empty((len(indices),) + raw.shape[1:], np.uint8)
         elif raw.shape[1:] != out.shape[1:]:
             raise DataError(f"images differ in shape: {raw.shape[1:]} after {out.shape[1:]}")
-        np.divide(raw, np.float32(255), out=out[start : start + len(raw)])
+        out[start : start + len(raw)] = raw
     if out is None:
         raise DataError("no images to load")
     return out
