@@ -20,9 +20,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cljax import engine, fisher
-from cljax.models import Classifier, CifarNetBody, MLPBody
+from cljax import engine, fisher, transforms
+from cljax.models import CifarNetBody, Classifier, MLPBody, apply_function, float_images
+from cljax.strategies import make_strategy
 from cljax.strategies.ewc import diagonal_fisher
+from tests.helpers import batch_context, traced
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -134,7 +136,34 @@ def test_dense_sums_match_the_outer_products():
     # Σ_n w_n (a_n ⊗ δ_n)² = (w·a²)ᵀ(δ²), written out.
     rng = np.random.default_rng(0)
     a, d, w = rng.standard_normal((5, 3)), rng.standard_normal((5, 2)), np.array([1.0, 0.0, 1.0, 1.0, 0.0])
-    kernel, bias = fisher._dense_sums(jnp.asarray(a, jnp.float32), jnp.asarray(d, jnp.float32), jnp.asarray(w, jnp.float32))
+    kernel, bias = fisher._dense_sums(*(jnp.asarray(v, jnp.float32) for v in (a, d, w)))
     expected = sum(w[n] * np.outer(a[n], d[n]) ** 2 for n in range(5))
     np.testing.assert_allclose(kernel, expected, rtol=1e-6)
     np.testing.assert_allclose(bias, (w[:, None] * d**2).sum(0), rtol=1e-6)
+
+
+def test_ewc_after_batch_on_stored_uint8_images():
+    # Through the strategy as a StreamProgram runs it: uint8 images turned into floats inside the
+    # program (apply_function, x_divisor=255), so the first layer's input a is the float image, not
+    # the stored bytes. F^i must equal the vmapped Fisher on the float images.
+    model, mask = Classifier(MLPBody((24, 16)), 6), jnp.arange(6) < 5
+    rng = np.random.default_rng(4)
+    stored = jnp.asarray(rng.integers(0, 256, (20, 5, 5, 1)).astype(np.uint8))
+    y = jnp.asarray(rng.integers(0, 5, 20).astype(np.int32))
+    images = float_images(stored, 255.0)
+    params = jax.jit(model.init)(jax.random.key(1), images[:1])
+    apply_fn = apply_function(model, x_divisor=255.0)
+    losses = lambda p, x, y: engine.cross_entropy(engine.mask_logits(apply_fn(p, x, train=False), mask), {"y": y}, None)  # noqa: E731
+    layers = fisher.find_layers(losses, params, stored[:8], y[:8])
+    assert sorted("/".join(layer.path) for layer in layers) == ["body/fc1", "body/fc2", "head"]
+
+    strategy = make_strategy("ewc", {"fisher": "per_example", "fisher_batch_size": 8})
+    tx = strategy.transform(engine.make_optimizer("sgd"))
+    state = engine.TrainState(params, tx.init(params), strategy.init(params))
+    ctx = batch_context(0, num_classes=6, hparams=traced("ewc", strength=2.0, max_f=1.0), apply_fn=apply_fn, tx=tx)
+    ctx = ctx.replace(data={"x": stored, "y": y}, num_examples=jnp.int32(17), logit_mask=mask)
+    new = jax.jit(strategy.after_batch)(state, ctx)
+    expected = reference_fisher(model, params, images, y, 17, mask)
+    assert_relative_close(new.strategy_state["fisher_sum"], expected)
+    # B_1: F̂ = clip(F / 1, max_F) with max_F above every entry, so F̂ is F^1 itself.
+    assert_relative_close(transforms.anchor_state(new.opt_state).importance, expected)
