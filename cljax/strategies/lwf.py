@@ -81,7 +81,15 @@ def init(params) -> dict[str, jax.Array]:
 
 def before_batch(state: TrainState, ctx: BatchContext) -> tuple[TrainState, Data]:
     # Soft targets for every (padded) row, B_1 included, so the data keeps one structure.
-    targets = soft_targets(ctx.apply_fn, state.params, ctx.data["x"], ctx.logit_mask)
+    # B_1 has λ_1 = 0 (eq. 5): its targets are the one-hot labels whatever ŷ_lwf holds, so the
+    # forward pass is skipped (zeros give bit-identical targets). ``index`` is one value for every
+    # member (not vmapped), so the cond really skips the pass.
+    num_classes = ctx.logit_mask.shape[-1]
+    targets = jax.lax.cond(
+        ctx.index == 0,
+        lambda: jnp.zeros((ctx.data["x"].shape[0], num_classes), jnp.float32),
+        lambda: soft_targets(ctx.apply_fn, state.params, ctx.data["x"], ctx.logit_mask).astype(jnp.float32),
+    )
     lam = lwf_lambda(ctx.batch_sizes, ctx.index, ctx.hparams["map_from"], ctx.hparams["map_to"])
     state = state._replace(strategy_state={**state.strategy_state, "lambda": lam})
     return state, {SOFT_TARGETS: targets}
