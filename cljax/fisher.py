@@ -219,3 +219,19 @@ def squared_gradient_sums(
             sums[i] = jnp.einsum("n,n...->...", weights_N, jnp.square(g))
 
     return jax.tree.unflatten(treedef, [s.astype(leaf.dtype) for s, leaf in zip(sums, leaves, strict=True)])
+
+
+def sum_over_chunks(
+    fn: Callable[[tuple[jax.Array, ...]], Params], like: Params, chunk: int, *arrays: jax.Array
+) -> Params:
+    """Σ over the chunks of ``chunk`` rows of ``arrays`` (their length a multiple of ``chunk``) of
+    ``fn((rows, ...))`` (``like``-shaped, float32), added up in the loop's carry: stacking every
+    chunk's tree (``lax.map``) and summing afterwards writes and reads a parameter-sized array per
+    chunk, which on CPU cost more than the chunks' forward and backward passes."""
+    shaped = tuple(a.reshape((-1, chunk) + a.shape[1:]) for a in arrays)
+
+    def add(total, rows):
+        return jax.tree.map(lambda t, s: t + s.astype(t.dtype), total, fn(rows)), None
+
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), like)
+    return jax.lax.scan(add, zeros, shaped)[0]

@@ -190,8 +190,11 @@ def main(argv):
     config = protocol_config(_CONFIG.value, names)
     dataset = load_dataset(config.dataset, config.data_dir, config)
     load_before = os.getloadavg()
-    print(f"{jax.default_backend()} ({jax.devices()[0].device_kind}), {os.cpu_count()} cores; load average "
-          f"{load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}", flush=True)
+    print(
+        f"{jax.default_backend()} ({jax.devices()[0].device_kind}), {os.cpu_count()} cores; load average "
+        f"{load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}",
+        flush=True,
+    )
 
     jobs = {}
     for name in names:

@@ -61,7 +61,9 @@ def main(argv):
 
     def once(name) -> float:
         start = time.perf_counter()
-        out, _ = fits[name](states[name], {"x": x, "y": y}, _EXAMPLES.value, _EPOCHS.value, jnp.ones(10, bool), jax.random.key(1))
+        out, _ = fits[name](
+            states[name], {"x": x, "y": y}, _EXAMPLES.value, _EPOCHS.value, jnp.ones(10, bool), jax.random.key(1)
+        )
         jax.block_until_ready(out)
         return time.perf_counter() - start
 
@@ -74,7 +76,8 @@ def main(argv):
     naive = np.asarray(seconds["naive"])
     for name, s in seconds.items():
         ratios = np.asarray(s) / naive
-        print(f"{name:<10}{statistics.median(s):8.3f} s  x naive {np.median(ratios):.3f} ({ratios.min():.3f}-{ratios.max():.3f})")
+        spread = f"({ratios.min():.3f}-{ratios.max():.3f})"
+        print(f"{name:<10}{statistics.median(s):8.3f} s  x naive {np.median(ratios):.3f} {spread}")
 
 
 if __name__ == "__main__":

@@ -97,10 +97,9 @@ def diagonal_fisher(
 
         return jax.tree.map(lambda gi: count * gi**2, jax.grad(mean_loss)(params))
 
-    shaped = lambda a: a.reshape((-1, chunk) + a.shape[1:])  # noqa: E731
-    sums = jax.lax.map(chunk_sum, (shaped(x), shaped(y), shaped(weights)))
+    sums = fisher.sum_over_chunks(chunk_sum, params, chunk, x, y, weights)
     denominator = jnp.maximum(num_examples, 1).astype(jnp.float32)
-    return jax.tree.map(lambda s, p: (jnp.sum(s, axis=0) / denominator).astype(p.dtype), sums, params)
+    return jax.tree.map(lambda s, p: (s / denominator).astype(p.dtype), sums, params)
 
 
 @jax.jit
