@@ -7,10 +7,16 @@ One fit (``engine.make_fit``: the device loop, the divergence guard) of the MLP 
 these optimizer chains: naive (SGD), + the anchor penalty (EWC's step, eq. 7), + the SI path tracker
 (eq. 9) alone, and both (SI's and AR1's step). Prints each one's median seconds and its median
 ratio over naive within a round (the ratio cancels load shared with other processes).
+
+Timings on a shared machine are noisy; ``--hlo`` prints instead what does not depend on the load:
+how many loop fusions of the compiled step (one member, vmapped, inside a ``fori_loop``, as the
+engine runs it) write an array of the first layer's kernel shape, i.e. how many passes over the
+largest weight matrix each step makes beyond the matmuls.
 """
 
 from __future__ import annotations
 
+import re
 import statistics
 import time
 
@@ -26,6 +32,27 @@ from cljax.models import Classifier, MLPBody
 _EXAMPLES = flags.DEFINE_integer("examples", 6000, "rows of the batch")
 _EPOCHS = flags.DEFINE_integer("epochs", 2, "epochs")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "timed rounds")
+_HLO = flags.DEFINE_boolean("hlo", False, "count the kernel-sized fusions of each compiled step instead of timing")
+
+
+def kernel_passes(model, params, tx, x, y) -> list[str]:
+    """The loop fusions of one compiled, vmapped training step (with the divergence guard) that
+    write an array of the first kernel's shape."""
+    tx = optax.with_extra_args_support(tx)
+
+    def step(state):
+        p, o = state
+        loss, g = jax.value_and_grad(lambda p: jnp.mean(engine.cross_entropy(model.apply(p, x), {"y": y}, None)))(p)
+        u, o2 = tx.update(g, o, p, task_grads=g)
+        ok = jnp.isfinite(loss) & engine.tree_all_finite(g)
+        return jax.tree.map(lambda n, old: jnp.where(ok, n, old), (optax.apply_updates(p, u), o2), state)
+
+    # A traced trip count: XLA cannot unroll the loop (which would count each pass twice).
+    loop = jax.jit(jax.vmap(lambda s, n: jax.lax.fori_loop(0, n, lambda i, s: step(s), s), in_axes=(0, None)))
+    states = jax.tree.map(lambda a: a[None], (params, tx.init(params)))
+    text = loop.lower(states, jnp.int32(4)).compile().as_text()
+    shape = ",".join(str(d) for d in params["params"]["body"]["fc1"]["kernel"].shape)
+    return re.findall(rf"^\s*%(\S+) = f32\[1,{shape}\]\S* fusion\(", text, re.M)
 
 
 def chains() -> dict[str, optax.GradientTransformation]:
@@ -45,6 +72,11 @@ def main(argv):
     x = jnp.asarray(rng.random((_EXAMPLES.value, 28, 28, 1), np.float32))
     y = jnp.asarray(rng.integers(0, 10, _EXAMPLES.value).astype(np.int32))
     params = model.init(jax.random.key(0), x[:1])
+    if _HLO.value:
+        for name, tx in chains().items():
+            found = kernel_passes(model, params, tx, x[:128], y[:128])
+            print(f"{name:<10}{len(found)} kernel-sized fusions: {', '.join(found)}")
+        return
     fits, states = {}, {}
     for name, tx in chains().items():
         state = engine.TrainState(params, tx.init(params), {})
