@@ -23,7 +23,8 @@ Each strategy runs once untimed (compilation), then ``--repeats`` rounds run eve
 the limit) once, in turn; the ratios over naive are taken within a round (the machine is shared:
 load that changes between rounds cancels out) and their median is reported with their range.
 The load average before and after tells whether other processes shared the cores.
-BUILD_NOTES.md ("Speed per strategy") records measured outputs with their commands.
+BUILD_NOTES.md ("Strategy overhead (issue: speed on every strategy)") records measured outputs with
+their commands.
 """
 
 from __future__ import annotations
