@@ -102,6 +102,12 @@ def test_before_batch_soft_targets_and_lambda():
     )
     assert float(first_state.strategy_state["lambda"]) == 0.0
     assert first_extras.keys() == extras.keys() and first_extras[SOFT_TARGETS].shape == (7, 5)
+    assert first_extras[SOFT_TARGETS].dtype == targets.dtype
+    # B_1 skips the forward pass: with λ_1 = 0 its loss is bit-identical to the one with real ŷ_lwf.
+    logits, y = model.apply(params, x), jnp.array([0, 1, 3, 0, 1, 3, 0])
+    first = lwf_loss(logits, {"y": y, SOFT_TARGETS: first_extras[SOFT_TARGETS]}, first_state.strategy_state)
+    real = lwf_loss(logits, {"y": y, SOFT_TARGETS: targets}, first_state.strategy_state)
+    np.testing.assert_array_equal(first, real)
 
 
 def test_loss_is_finite_with_masked_logits():

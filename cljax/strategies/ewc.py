@@ -6,9 +6,10 @@ F = F + F^i, F̂ = clip(F / i, max_F) (eq. 8); Θ* = the current weights. During
 the next batches the quadratic penalty (λ/2)·Σ F̂_k·(θ_k − θ*_k)² (eq. 6) pulls
 the weights toward Θ* in weight-decay style (eq. 7, ``transforms.quadratic_anchor_penalty``).
 
-The Fisher is computed with vmap of grad over fixed-size chunks of the padded
-batch (memory bounded by ``fisher_batch_size`` per-example gradients; padding
-rows weighted zero, so one compilation serves every batch). ``fisher='minibatch'``
+The Fisher is computed over fixed-size chunks of the padded batch (``fisher_batch_size``
+patterns each; padding rows weighted zero, so one compilation serves every batch) by
+``cljax.fisher``: for Dense and Conv layers the sum of squared per-pattern gradients
+comes from one forward and backward pass per chunk, without per-pattern gradients. ``fisher='minibatch'``
 is the paper's faster variant (App. A): the mean of squared *mini-batch*
 gradients, ``fisher_batch_size`` patterns per mini-batch in a random order.
 The logits get the training head's mask, as during training.
@@ -32,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from cljax import transforms
+from cljax import fisher, transforms
 from cljax.engine import Params, TrainState, cross_entropy, mask_logits
 from cljax.hparams import choice, positive, positive_int
 from cljax.strategies.base import BatchContext, Data, Strategy, StrategySpec
@@ -50,9 +51,10 @@ HPARAMS = {
 TRAINING = {"lr": 0.005}  # B_i>1 learning rate, lower than B_1's (Table 4 does the same)
 
 
-def _example_loss(apply_fn, params, x, y, logit_mask):
-    logits = apply_fn(params, x[None], train=False)
-    return cross_entropy(mask_logits(logits, logit_mask), {"y": y[None]}, None)[0]
+def _example_losses(apply_fn, params, x, y, logit_mask):
+    """Per-pattern task losses, the logits masked by the training head (as in training)."""
+    logits = apply_fn(params, x, train=False)
+    return cross_entropy(mask_logits(logits, logit_mask), {"y": y}, None)
 
 
 @functools.partial(jax.jit, static_argnames=("apply_fn", "mode", "chunk"))
@@ -69,7 +71,9 @@ def diagonal_fisher(
 ) -> Params:
     """F^i: the mean over the first ``num_examples`` rows of the squared gradients of the task loss.
 
-    ``mode='per_example'``: per-pattern gradients (vmap of grad), ``chunk`` at a time.
+    ``mode='per_example'``: per-pattern gradients, ``chunk`` rows at a time, squared and summed by
+    ``cljax.fisher`` (one forward and backward pass per chunk for Dense and Conv layers; vmap of
+    grad for any other parameter).
     ``mode='minibatch'``: gradients of the mean loss over mini-batches of ``chunk`` rows
     (a random grouping drawn from ``key``), squared and averaged over mini-batches, each
     weighted by its number of real rows (App. A's faster variant).
@@ -83,26 +87,24 @@ def diagonal_fisher(
         x, y = x[order], y[order]
     x = jnp.concatenate([x, jnp.zeros((padded - capacity,) + x.shape[1:], x.dtype)])
     y = jnp.concatenate([y, jnp.zeros((padded - capacity,), y.dtype)])
-    weights = (jnp.arange(padded) < num_examples).astype(jnp.float32)
-    grad_fn = jax.grad(_example_loss, argnums=1)
+    weights = (jnp.arange(padded) < num_examples).astype(jnp.float32)  # padding rows weigh zero
+    losses = functools.partial(_example_losses, apply_fn, logit_mask=logit_mask)
+    layers = fisher.find_layers(losses, params, x[:chunk], y[:chunk]) if mode == "per_example" else ()
 
     def chunk_sum(args):
         x_c, y_c, w_c = args
         if mode == "per_example":
-            g = jax.vmap(grad_fn, in_axes=(None, None, 0, 0, None))(apply_fn, params, x_c, y_c, logit_mask)
-            return jax.tree.map(lambda gi: jnp.einsum("n,n...->...", w_c, gi**2), g)
+            return fisher.squared_gradient_sums(losses, layers, params, w_c, x_c, y_c)
         count = jnp.sum(w_c)
 
         def mean_loss(p):
-            per_example = jax.vmap(_example_loss, in_axes=(None, None, 0, 0, None))(apply_fn, p, x_c, y_c, logit_mask)
-            return jnp.sum(per_example * w_c) / jnp.maximum(count, 1.0)
+            return jnp.sum(losses(p, x_c, y_c) * w_c) / jnp.maximum(count, 1.0)
 
         return jax.tree.map(lambda gi: count * gi**2, jax.grad(mean_loss)(params))
 
-    shaped = lambda a: a.reshape((-1, chunk) + a.shape[1:])  # noqa: E731
-    sums = jax.lax.map(chunk_sum, (shaped(x), shaped(y), shaped(weights)))
+    sums = fisher.sum_over_chunks(chunk_sum, params, chunk, x, y, weights)
     denominator = jnp.maximum(num_examples, 1).astype(jnp.float32)
-    return jax.tree.map(lambda s, p: (jnp.sum(s, axis=0) / denominator).astype(p.dtype), sums, params)
+    return jax.tree.map(lambda s, p: (s / denominator).astype(p.dtype), sums, params)
 
 
 @jax.jit

@@ -104,11 +104,17 @@ def init(params) -> dict[str, jax.Array]:
 
 def before_batch(state: TrainState, ctx: BatchContext) -> tuple[TrainState, Data]:
     new, old = ctx.classes, ctx.seen_classes & ~ctx.classes
-    # SIT: the softmax over the training head; MT: over the previously learned classes (none in
-    # B_1: all-zero targets, and λ_1 = 0). Every (padded) row, so the data keeps one structure.
+    # SIT: the softmax over the training head; MT: over the previously learned classes. Every
+    # (padded) row, B_1 included, so the data keeps one structure. B_1 has λ_1 = 0 (eq. 5): its
+    # targets are the one-hot labels whatever ŷ_lwf holds (and MT has no old class yet), so the
+    # forward pass is skipped (zeros give bit-identical targets). ``index`` is one value for every
+    # member (not vmapped), so the cond really skips the pass.
     head = old if MT_KEY in ctx.data else ctx.logit_mask
-    targets = soft_targets(ctx.apply_fn, state.params, ctx.data["x"], head)
-    targets = jnp.where(jnp.any(head), targets, 0.0).astype(targets.dtype)
+    targets = jax.lax.cond(
+        ctx.index == 0,
+        lambda: jnp.zeros((ctx.data["x"].shape[0], ctx.classes.shape[-1]), jnp.float32),
+        lambda: soft_targets(ctx.apply_fn, state.params, ctx.data["x"], head).astype(jnp.float32),
+    )
     lam = lwf_lambda(ctx.batch_sizes, ctx.index, ctx.hparams["map_from"], ctx.hparams["map_to"])
     strategy_state = {**state.strategy_state, "lambda": lam, "new_classes": new, "old_classes": old}
     return state._replace(strategy_state=strategy_state), {SOFT_TARGETS: targets}
