@@ -218,8 +218,10 @@ def check_fields(config) -> None:
     added = sorted(f for f in given - known if f.split(".")[0] not in sections)
     deleted = sorted(known - given)
     for field in sorted(known & given):  # ml_collections lets any field be set to None
+        section, _, name = field.rpartition(".")
+        falls_back = section in sections and name in TRAINING_FIELDS  # None: the top-level value
         _check(
-            values[field] is not None or defaults[field] is None,
+            values[field] is not None or defaults[field] is None or falls_back,
             f"{field}=None is invalid; it needs a value (default {defaults[field]!r})",
         )
     _check(

@@ -59,7 +59,10 @@ def define_config_flag(argv: list[str]):
 
 
 def unknown_field(argv: list[str], e: Exception) -> str:
-    """ml_collections raises AttributeError/KeyError("'name'") for an override of a missing field."""
+    """ml_collections raises AttributeError/KeyError("'name'") for an override of a missing field,
+    and AttributeError("module ... has no attribute 'get_config'") for a file without get_config."""
+    if isinstance(e, AttributeError) and str(e).startswith("module "):
+        return config_load_error(e)
     return cli.unknown_field_message(argv, e, base_config())
 
 

@@ -38,3 +38,16 @@ def tiny_config():
     config.lr_first = 0.1
     config.lr = 0.1
     return config
+
+
+# With pytest-xdist (--dist=loadgroup): a file whose module-scoped fixtures run jobs stays on one
+# worker, so they run once; these files' tests are independent (their fixtures only load the
+# digits), so they spread over the workers: the long files no longer end the run on one worker.
+SPREAD_FILES = {"test_stream.py", "test_rehearsal.py", "test_baselines.py", "test_fisher.py", "test_adam_nu.py"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        name = os.path.basename(str(item.fspath))
+        if name not in SPREAD_FILES:
+            item.add_marker(pytest.mark.xdist_group(name))
