@@ -203,3 +203,22 @@ def test_host_step_loop_stream_equals_device_step_loop(digits):
     host, first_host = train(config, "ar1", digits, chunk, loop="host")
     assert_params_close(first_host.params, first_device.params, rtol=1e-5)
     np.testing.assert_allclose(host[0][0]["accuracy"], device[0][0]["accuracy"], atol=0.01)
+
+
+def test_stored_uint8_images_train_exactly_as_the_float_images(digits):
+    """Images stay uint8 on the host and the device (the loader's dtype) and become floats inside
+    the compiled programs through a 256-entry table whose entries are the old loaders' floats
+    (x / 16 for digits): a stream trained on the stored images equals, bit for bit, the same stream
+    on a float32 copy of the dataset."""
+    assert digits.train_x.dtype == np.uint8 and digits.x_divisor == 16.0
+    as_floats = dataclasses.replace(
+        digits,
+        train_x=digits.train_x.astype(np.float32) / np.float32(16),
+        test_x=digits.test_x.astype(np.float32) / np.float32(16),
+        x_divisor=1.0,
+    )
+    config = short_config("ewc")  # a Fisher pass and a penalty besides the fit
+    chunk = experiment.Chunk(tuple(range(NUM_RUNS)), (0,))
+    (stored, _), (floats, _) = (train(config, "ewc", data, chunk) for data in (digits, as_floats))
+    for a, b in zip(stored, floats, strict=True):
+        assert a[0]["accuracy"] == b[0]["accuracy"] and a[0]["loss"] == b[0]["loss"]
