@@ -29,7 +29,7 @@ FEATURE_CACHE = ("auto", "on", "off")
 MAX_RUNS = 1000  # the paper averages 10 runs; beyond this a mistyped value is likelier than a study
 MAX_SEED = 2**32  # jax.random.key keeps a seed's low 32 bits: seed 2**32 would repeat seed 0's streams
 # Fields that cannot change any result; a workdir's checkpoints resume even when they differ.
-RESUME_IGNORED_FIELDS = ("overwrite", "compilation_cache", "distributed")
+RESUME_IGNORED_FIELDS = ("overwrite", "compilation_cache", "distributed", "report")
 
 
 def strategy_section(**hparams) -> ml_collections.ConfigDict:
@@ -106,6 +106,8 @@ def base_config() -> ml_collections.ConfigDict:
     # Keep compiled programs between runs (JAX's persistent compilation cache in ~/.cache/cljax/xla,
     # or $CLJAX_CACHE_DIR): a rerun skips compilation; results are the same either way.
     c.compilation_cache = True
+    # Draw <workdir>/report/ when the job ends (False for sweeps: `python -m cljax.report` draws it later).
+    c.report = True
     # How runs execute: true = every run and grid point of a strategy in one vmapped program per
     # batch; false = one at a time; auto = the faster for the model and backend (BUILD_NOTES.md).
     c.vmap_runs = "auto"
@@ -285,7 +287,7 @@ def validate(config) -> None:
         ("compute_dtype", COMPUTE_DTYPES),
     ):
         _check(config[field] in allowed, f"{field}={config[field]!r} is unknown; allowed: {', '.join(allowed)}")
-    for field in ("lrn", "compilation_cache"):
+    for field in ("lrn", "compilation_cache", "report"):
         _check(isinstance(config[field], bool), f"{field}={config[field]!r} is invalid; it must be True or False")
     _check(
         isinstance(config.aux_loss_weight, int | float)

@@ -872,8 +872,9 @@ def _run_jobs(
     batch_outputs.close()  # every batch was flushed already
     if primary:
         diagnostics.write_results(workdir, results)  # also when a resumed workdir had nothing left to do
-        started = time.perf_counter()
-        report.write_report(workdir)
-        timings["report_seconds"] = round(time.perf_counter() - started, 3)
+        if config.report:
+            started = time.perf_counter()
+            report.write_report(workdir)
+            timings["report_seconds"] = round(time.perf_counter() - started, 3)
     mesh.sync("results written")
     return results

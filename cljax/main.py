@@ -181,7 +181,8 @@ def run(config, workdir: str) -> int:
     print()
     print(experiment.comparison_table(results))
     print(f"\nresults: {os.path.abspath(workdir)}/results.json")
-    print(f"report: {os.path.abspath(workdir)}/report/report.md")
+    if config.report:
+        print(f"report: {os.path.abspath(workdir)}/report/report.md")
     diverged = [
         f"{name} run {record['run']}"
         for name, entry in results["strategies"].items()

@@ -37,6 +37,7 @@ def tiny_config():
     config.epochs = 3
     config.lr_first = 0.1
     config.lr = 0.1
+    config.report = False  # drawn only where a test reads it (test_report.py sets it back)
     return config
 
 

@@ -29,7 +29,7 @@ def test_clock_counts_a_compilation_once():
 
 
 def test_job_writes_compile_and_wall_times(tiny_config, tmp_path):
-    tiny_config.strategies = "naive,ewc"
+    tiny_config.strategies, tiny_config.report = "naive,ewc", True
     run_experiment(tiny_config, str(tmp_path), log=lambda event: None, show_progress=False)
     with open(tmp_path / "timings.json") as f:
         timings = json.load(f)

@@ -63,7 +63,7 @@ SHARDED = textwrap.dedent(
         c.epochs_first = c.epochs = 1
         for name in ("naive", "lwf", "cwr_plus"):
             c[name].epochs = None
-        c.mesh, c.compilation_cache = spec, False
+        c.mesh, c.compilation_cache, c.report = spec, False, False
         res = experiment.run_experiment(c, os.path.join(sys.argv[1], spec.replace(":", "_").replace(",", "_")),
                                         log=lambda e: None, show_progress=False)
         out[spec] = {k: [[r["accuracy"], r["loss"]] for r in e["runs"]] for k, e in res["strategies"].items()}
@@ -121,6 +121,7 @@ def cli(workdir: str, *extra: str) -> list[str]:
         "--config.epochs_first=1",
         "--config.epochs=1",
         "--config.si.epochs=1",
+        "--config.report=False",
         f"--workdir={workdir}",
         *extra,
     ]

@@ -24,6 +24,7 @@ def tiny(**changes):
     config.num_runs = 1
     config.num_batches = 2
     config.epochs_first = config.epochs = 1
+    config.report = False  # the report has its own tests
     for field, value in changes.items():
         config[field] = value
     return config
@@ -176,6 +177,10 @@ def test_damaged_newest_checkpoint_falls_back_to_the_intact_one(tmp_path, monkey
     files = sorted(os.path.relpath(os.path.join(d, f), newest) for d, _, names in os.walk(newest) for f in names)
     assert "cljax_sha256.json" in files and len(files) > 5
     capsys.readouterr()
+    # The checksum manifest, and a spread of the others (array shards, metadata, progress): each rerun
+    # is a whole job, so not every file of the step.
+    others = [f for f in files if f != "cljax_sha256.json"]
+    files = ["cljax_sha256.json", *others[:: max(len(others) // 4, 1)]]
     for i, name in enumerate(files):
         for how in ("flip", "truncate", "delete") if name == files[0] else [("flip", "truncate", "delete")[i % 3]]:
             path = str(tmp_path / f"case{i}-{how}")
