@@ -109,9 +109,18 @@ def head_kind(config, hp, strategy: Strategy) -> str:
     return strategy.default_head if hp.head == "default" else hp.head
 
 
+def parameter_shapes(model, input_shape):
+    return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1,) + tuple(input_shape))))
+
+
 def has_convolutions(model, input_shape) -> bool:
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1,) + tuple(input_shape))))
-    return any(leaf.ndim == 4 for leaf in jax.tree.leaves(shapes))  # conv kernels are HWIO
+    return any(leaf.ndim == 4 for leaf in jax.tree.leaves(parameter_shapes(model, input_shape)))  # HWIO kernels
+
+
+# vmap_runs=auto on CPU: stacked weights up to this size stay in the caches of a small CPU, and
+# vmapping saves each run's per-step dispatch; larger stacks are memory-bound and run slower
+# vmapped (measured: BUILD_NOTES.md, "Runs in one program").
+CPU_VMAP_BYTES = 8 * 2**20
 
 
 def step_loop(choice: str, model, input_shape) -> str:
@@ -125,13 +134,20 @@ def step_loop(choice: str, model, input_shape) -> str:
     return "host" if has_convolutions(model, input_shape) else "device"
 
 
-def use_vmap(choice: str, model, input_shape) -> bool:
-    """``vmap_runs=auto``: vmapped runs everywhere but convolutional models on CPU, where a
-    vmapped convolution becomes a grouped one (several times slower on XLA:CPU) and gains nothing
-    on 2 cores (measured: BUILD_NOTES.md)."""
+def use_vmap(choice: str, model, input_shape, num_members: int = 1) -> bool:
+    """``vmap_runs=auto``: vmapped runs on accelerators. On CPU only for dense models whose stacked
+    parameters (the members on one device) fit ``CPU_VMAP_BYTES``: a vmapped convolution becomes a
+    grouped one (several times slower on XLA:CPU), and a large stack runs memory-bound (measured:
+    BUILD_NOTES.md; the default job gains 1.26x vmapped, split Fashion-MNIST loses 1.4x)."""
     if choice != "auto":
         return choice == "true"
-    return not (jax.default_backend() == "cpu" and has_convolutions(model, input_shape))
+    if jax.default_backend() != "cpu":
+        return True
+    shapes = parameter_shapes(model, input_shape)
+    if any(leaf.ndim == 4 for leaf in jax.tree.leaves(shapes)):  # HWIO convolution kernels
+        return False
+    per_device = -(-num_members // jax.device_count())
+    return per_device * sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(shapes)) <= CPU_VMAP_BYTES
 
 
 def feature_cache_allowed(choice: str, model, input_shape) -> bool:
@@ -227,7 +243,7 @@ class StrategyJob:
             program = dataclasses.replace(
                 program, feature_cache=feature_cache_allowed("auto", model, dataset.input_shape)
             )
-        vmap = use_vmap(config.vmap_runs, model, dataset.input_shape)
+        vmap = use_vmap(config.vmap_runs, model, dataset.input_shape, config.num_runs * len(points))
         members = (config.num_runs, len(points)) if vmap else (1, 1)  # the shape of every chunk
         program = dataclasses.replace(program, layout=mesh.plan(config.mesh, *members, first.batch_size))
         names = stream.TRACED_TRAINING_FIELDS + spec.traced_names()

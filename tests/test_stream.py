@@ -222,3 +222,17 @@ def test_stored_uint8_images_train_exactly_as_the_float_images(digits):
     (stored, _), (floats, _) = (train(config, "ewc", data, chunk) for data in (digits, as_floats))
     for a, b in zip(stored, floats, strict=True):
         assert a[0]["accuracy"] == b[0]["accuracy"] and a[0]["loss"] == b[0]["loss"]
+
+
+def test_vmap_runs_auto_on_cpu_follows_the_measured_choice():
+    """auto on CPU: vmapped for the default job's small MLP (3 runs), one run at a time for
+    Fashion-MNIST's MLP 400-400 with 10 runs (a 19 MB stack) and for convolutional models."""
+    from cljax.models import CifarNetBody, Classifier, MLPBody
+
+    assert jax.default_backend() == "cpu"
+    mlp = Classifier(MLPBody((400, 400)), num_classes=10)
+    assert experiment.use_vmap("auto", mlp, (8, 8, 1), 3)
+    assert not experiment.use_vmap("auto", mlp, (28, 28, 1), 10 * jax.device_count())
+    assert experiment.use_vmap("true", mlp, (28, 28, 1), 10)
+    assert not experiment.use_vmap("false", mlp, (8, 8, 1), 3)
+    assert not experiment.use_vmap("auto", Classifier(CifarNetBody(), num_classes=10), (32, 32, 3), 2)
