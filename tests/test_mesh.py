@@ -59,9 +59,9 @@ SHARDED = textwrap.dedent(
     out = {}
     for spec in ("runs:1", "runs:4,data:2", "runs:8"):
         c = base_config()
-        c.strategies, c.num_runs, c.num_batches, c.hidden_sizes = "naive,lwf,cwr_plus", 3, 2, (16,)
+        c.strategies, c.num_runs, c.num_batches, c.hidden_sizes = "lwf,cwr_plus", 3, 2, (16,)
         c.epochs_first = c.epochs = 1
-        for name in ("naive", "lwf", "cwr_plus"):
+        for name in ("lwf", "cwr_plus"):
             c[name].epochs = None
         c.mesh, c.compilation_cache, c.report = spec, False, False
         res = experiment.run_experiment(c, os.path.join(sys.argv[1], spec.replace(":", "_").replace(",", "_")),
@@ -74,7 +74,7 @@ SHARDED = textwrap.dedent(
 
 @pytest.mark.slow
 def test_runs_and_data_sharded_over_8_devices_equal_one_device(tmp_path):
-    """3 runs of naive, LwF (per-member soft targets) and CWR+ (cached features after B_1): on one
+    """3 runs of LwF (per-member soft targets) and CWR+ (cached features after B_1): on one
     device, on a 4 x 2 mesh (runs sharded over 4 devices, mini-batches over 2), and with the runs
     axis over 8 devices (3 runs padded with idle copies to 8)."""
     proc = subprocess.run(
