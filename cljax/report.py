@@ -593,13 +593,7 @@ def results_table(results: dict) -> list[str]:
         "|---|---|" + "---|" * len(TABLE_METRICS),
     ]
     for name, entry in results["strategies"].items():
-        s = summary_of(entry)
-        done = f"{len(complete_runs(entry))}/{len(entry.get('runs', []))}"
-        if s is None:
-            lines.append(f"| {name} | {done} |" + " – |" * len(TABLE_METRICS))
-            continue
-        cells = [fmt(s[f"{key}_mean"], s[f"{key}_std"]) for key, _ in TABLE_METRICS]
-        lines.append(f"| {name} | {done} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | " + " | ".join(summary_cells(entry)) + " |")
     return lines
 
 
@@ -638,17 +632,22 @@ def grid_tables(results: dict) -> list[str]:
         )
         for _, entry in points:
             values = " | ".join(f"{entry['hparams'][f]:g}" for f in fields)
-            s = summary_of(entry)
-            done = f"{len(complete_runs(entry))}/{len(entry.get('runs', []))}"
-            if s is None:
-                lines.append(f"| {values} | {done} |" + " – |" * len(TABLE_METRICS))
-                continue
-            cells = [fmt(s[f"{key}_mean"], s[f"{key}_std"]) for key, _ in TABLE_METRICS]
-            if entry is best:
-                cells[0] = f"**{cells[0]}**"
-            lines.append(f"| {values} | {done} | " + " | ".join(cells) + " |")
+            lines.append(f"| {values} | " + " | ".join(summary_cells(entry, bold=entry is best)) + " |")
         lines.append("")
     return lines
+
+
+def summary_cells(entry: dict, bold: bool = False) -> list[str]:
+    """A results table row's cells after its name: complete runs, then each metric's mean ± std
+    (– when no run completed); ``bold`` marks the final accuracy (a grid's best point)."""
+    done = f"{len(complete_runs(entry))}/{len(entry.get('runs', []))}"
+    s = summary_of(entry)
+    if s is None:
+        return [done] + ["–"] * len(TABLE_METRICS)
+    cells = [fmt(s[f"{key}_mean"], s[f"{key}_std"]) for key, _ in TABLE_METRICS]
+    if bold:
+        cells[0] = f"**{cells[0]}**"
+    return [done, *cells]
 
 
 def diverged_lines(results: dict) -> list[str]:
