@@ -12,6 +12,12 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
+# Most of the suite's time is XLA compiling hundreds of small programs; LLVM's optimisation passes
+# are a third of it (measured: 26% less CPU time on test_baselines + test_architectural) and change
+# results only by float rounding. Set before JAX starts its backend; subprocesses inherit it.
+FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE_FLAGS}".strip()
+
 import jax  # noqa: E402
 
 from cljax.config import base_config  # noqa: E402

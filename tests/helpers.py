@@ -1,7 +1,9 @@
-"""Test helpers: an array ``BatchContext`` built by hand, and the traced hyperparameters of a strategy."""
+"""Test helpers: an array ``BatchContext`` built by hand, the traced hyperparameters of a strategy, and
+results without their wall-clock timings."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -10,6 +12,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from cljax.strategies import BatchContext, default_hparams, strategy_spec
+
+
+def without_timings(results: dict, *config_fields: str) -> dict:
+    """A copy of ``results`` (results.json) without what differs between equal runs: each run's
+    ``train_seconds`` and the named ``config`` fields (e.g. a process's own ``distributed`` id)."""
+    results = copy.deepcopy(results)
+    for entry in results["strategies"].values():
+        for record in entry["runs"]:
+            record.pop("train_seconds")
+    for field in config_fields:
+        results["config"].pop(field)
+    return results
 
 
 def traced(name: str, **overrides: Any) -> dict[str, jax.Array]:

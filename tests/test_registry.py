@@ -3,7 +3,6 @@ the command line runs them with ``--import``: results, report, checkpoints and a
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import signal
@@ -18,6 +17,7 @@ from cljax.config import base_config
 from cljax.strategies import STRATEGIES, StrategySpec
 from cljax.strategies.naive import naive
 from tests.conftest import REPO_ROOT
+from tests.helpers import without_timings
 
 USER_MODULE = textwrap.dedent(
     '''
@@ -98,14 +98,6 @@ def start(tmp_path, workdir: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO_ROOT}", "JAX_PLATFORMS": "cpu"}
     cmd = [sys.executable, "-u", "-m", "cljax.main", *ARGS, f"--workdir={workdir}"]
     return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def without_timings(results: dict) -> dict:
-    results = copy.deepcopy(results)
-    for entry in results["strategies"].values():
-        for record in entry["runs"]:
-            record.pop("train_seconds")
-    return results
 
 
 @pytest.mark.slow

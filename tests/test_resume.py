@@ -22,6 +22,7 @@ from cljax import checkpoint, diagnostics, experiment, main
 from cljax.config import base_config
 from cljax.scenarios import build_scenario, load_dataset
 from cljax.strategies import STRATEGIES
+from tests.helpers import without_timings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Restored in process: every kind of strategy state (CWR shares CWR+'s head state, SI AR1's
@@ -77,14 +78,6 @@ def start(workdir: str, stderr) -> subprocess.Popen:
     """The CLI on ``workdir``; stdout piped (progress lines), stderr to the open file ``stderr``."""
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.Popen(cli(workdir), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
-
-
-def without_timings(results: dict) -> dict:
-    results = copy.deepcopy(results)
-    for entry in results["strategies"].values():
-        for record in entry["runs"]:
-            record.pop("train_seconds")
-    return results
 
 
 def differences(a, b, path: str = "") -> list[str]:

@@ -12,6 +12,7 @@ import pytest
 
 from cljax import main, workdir
 from cljax.config import base_config
+from tests.helpers import without_timings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -135,11 +136,7 @@ def interrupted_workdir(path: str, config, monkeypatch, after_saves: int = 2) ->
 def results_without_timings(path: str) -> dict:
     from cljax import diagnostics
 
-    results = diagnostics.read_results(path)
-    for entry in results["strategies"].values():
-        for record in entry["runs"]:
-            record.pop("train_seconds")
-    return results
+    return without_timings(diagnostics.read_results(path))
 
 
 @pytest.fixture(scope="module")
