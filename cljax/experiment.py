@@ -211,13 +211,13 @@ class StrategyJob:
         shape = StreamShape(
             tuple(dataset.input_shape), str(dataset.train_x.dtype), dataset.num_classes, num_batches, grid_max
         )
-        strategy = make_strategy(name, static, stream=shape, classifier=config.classifier)
         first = merged[0]  # training fields that fix the program (batch size, optimizer) are not gridded
         model = build_model(config, dataset.num_classes)
         try:  # the model contract, before anything is trained (cljax.models)
             check_model(model, tuple(dataset.input_shape), dataset.num_classes, config.classifier)
         except ModelContractError as e:
             raise ConfigError(f"model={config.model!r}: {e}") from None
+        strategy = make_strategy(name, static, stream=shape, classifier=config.classifier, model=model)
         tx = strategy.transform(engine.make_optimizer(first.optimizer, first.momentum))
         pretrained = restore_params(config.init_checkpoint) if config.init_checkpoint else None
         if pretrained is not None:  # checks the checkpoint against the model's shapes now (ConfigError)
