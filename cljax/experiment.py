@@ -246,6 +246,11 @@ class StrategyJob:
         vmap = use_vmap(config.vmap_runs, model, dataset.input_shape, config.num_runs * len(points))
         members = (config.num_runs, len(points)) if vmap else (1, 1)  # the shape of every chunk
         program = dataclasses.replace(program, layout=mesh.plan(config.mesh, *members, first.batch_size))
+        if program.layout is not None and program.layout.data > 1 and not strategy.data_parallel:
+            raise ConfigError(
+                f"mesh={config.mesh!r} splits mini-batches over {program.layout.data} devices, which strategy "
+                f"{name!r} does not support (its steps add rows of their own); use mesh=runs:N"
+            )
         names = stream.TRACED_TRAINING_FIELDS + spec.traced_names()
         return cls(
             name=name,

@@ -198,6 +198,7 @@ def ar1_star(
         gradients=on(replay, split=split, rows=values["replay_rows"], lower_dropout=values["lower_dropout"]),
         eval_params=on(head.eval_with_cw, path=classifier),
         importance=on(ar1.importance, path=classifier) if si else None,
+        data_parallel=False,
     )
 
 
