@@ -302,3 +302,16 @@ def test_ar1_star_beats_naive_on_split_digits(digits):
     naive, star = final_accuracy(digits, "naive"), final_accuracy(digits, "ar1_star")
     assert naive < 0.3
     assert star > naive + 0.2, (star, naive)
+
+
+def test_core50_nc_config_takes_ar1_star_and_its_latent_layer():
+    """``ar1_star,MODEL[,LAYER]``: AR1's Table 4 column, the model's default latent layer or the one given."""
+    from cljax.config import strategy_hparams, validate
+    from tests.test_paper_configs import load_config
+
+    config = load_config("core50_nc", "ar1_star,googlenet")
+    validate(config)
+    hp = strategy_hparams(config, "ar1_star")
+    assert config.strategies == "ar1_star" and hp.latent_layer == "inception_5a" and hp.memory_size == 1500.0
+    assert (hp.epochs_first, hp.lr_first, hp.epochs, hp.lr) == (4, 0.0003, 2, 0.0003)  # Table 4, AR1, GoogLeNet
+    assert load_config("core50_nc", "ar1_star,caffenet,fc6").ar1_star.latent_layer == "fc6"
