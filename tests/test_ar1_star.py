@@ -315,3 +315,23 @@ def test_core50_nc_config_takes_ar1_star_and_its_latent_layer():
     assert config.strategies == "ar1_star" and hp.latent_layer == "inception_5a" and hp.memory_size == 1500.0
     assert (hp.epochs_first, hp.lr_first, hp.epochs, hp.lr) == (4, 0.0003, 2, 0.0003)  # Table 4, AR1, GoogLeNet
     assert load_config("core50_nc", "ar1_star,caffenet,fc6").ar1_star.latent_layer == "fc6"
+
+
+@pytest.mark.parametrize("lower_dropout", [False, True])
+def test_dropout_below_the_split_is_off_unless_asked(lower_dropout):
+    """CifarNet split at its body (every dropout below the split): in training mode the new rows' logits
+    are the inference-mode ones when ``lower_dropout=False`` (the authors' ``lat_features.eval()``),
+    and differ when it is True."""
+    model = MODELS["cifarnet"](SMALL, 5)
+    split = latent.split_model(model, (32, 32, 3), "body")
+    x = jax.random.uniform(jax.random.key(1), (4, 32, 32, 3))
+    params = model.init(jax.random.key(0), x)
+
+    @jax.jit
+    def logits(params):
+        with latent.replaying(split, jnp.zeros((1, *split.shape)), lower_dropout=lower_dropout):
+            train = model.apply(params, x, train=True, rngs={"dropout": jax.random.key(2)})
+        return train[:4], model.apply(params, x, train=False)
+
+    train, inference = logits(params)
+    assert np.allclose(train, inference, rtol=1e-5, atol=1e-6) != lower_dropout
