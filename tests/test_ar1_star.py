@@ -335,3 +335,36 @@ def test_dropout_below_the_split_is_off_unless_asked(lower_dropout):
 
     train, inference = logits(params)
     assert np.allclose(train, inference, rtol=1e-5, atol=1e-6) != lower_dropout
+
+
+def test_frozen_lower_layers_stay_bitwise_unchanged_through_a_stream(digits):
+    """Split digits, 3 batches, MLP 16-16 split at fc2, SGD with momentum: with the defaults (lower
+    layers trained on B_1, lower_lr_factor=0 after) fc1 and fc2 after B_2 and B_3 are those after
+    B_1, bit for bit, while the head moved."""
+    from cljax import experiment
+    from cljax.scenarios import build_scenario
+
+    config = base_config()
+    config.strategies = "ar1_star"
+    config.hidden_sizes = (16, 16)
+    config.num_runs = 1
+    config.num_batches = 3
+    config.momentum = 0.9
+    config.ar1_star.update(latent_layer="fc2", memory_size=100.0, epochs_first=1, epochs=1)
+    job = StrategyJob.build(config, "ar1_star", digits)
+    chunk = experiment.Chunk((0,), (0,))
+    scenarios = [build_scenario(config, 0, digits)]
+    params = []
+    experiment.train_chunk(
+        job,
+        chunk,
+        scenarios,
+        experiment.start_chunk(job, chunk, scenarios),
+        on_checkpoint=lambda p: params.append(jax.device_get(p.states.params["params"])),
+    )
+    assert len(params) == 3
+    for later in params[1:]:
+        for layer in ("fc1", "fc2"):
+            for leaf in ("kernel", "bias"):
+                np.testing.assert_array_equal(later["body"][layer][leaf], params[0]["body"][layer][leaf])
+    assert not np.array_equal(params[2]["head"]["kernel"], params[0]["head"]["kernel"])
