@@ -211,13 +211,13 @@ class StrategyJob:
         shape = StreamShape(
             tuple(dataset.input_shape), str(dataset.train_x.dtype), dataset.num_classes, num_batches, grid_max
         )
-        strategy = make_strategy(name, static, stream=shape, classifier=config.classifier)
         first = merged[0]  # training fields that fix the program (batch size, optimizer) are not gridded
         model = build_model(config, dataset.num_classes)
         try:  # the model contract, before anything is trained (cljax.models)
             check_model(model, tuple(dataset.input_shape), dataset.num_classes, config.classifier)
         except ModelContractError as e:
             raise ConfigError(f"model={config.model!r}: {e}") from None
+        strategy = make_strategy(name, static, stream=shape, classifier=config.classifier, model=model)
         tx = strategy.transform(engine.make_optimizer(first.optimizer, first.momentum))
         pretrained = restore_params(config.init_checkpoint) if config.init_checkpoint else None
         if pretrained is not None:  # checks the checkpoint against the model's shapes now (ConfigError)
@@ -246,6 +246,11 @@ class StrategyJob:
         vmap = use_vmap(config.vmap_runs, model, dataset.input_shape, config.num_runs * len(points))
         members = (config.num_runs, len(points)) if vmap else (1, 1)  # the shape of every chunk
         program = dataclasses.replace(program, layout=mesh.plan(config.mesh, *members, first.batch_size))
+        if program.layout is not None and program.layout.data > 1 and not strategy.data_parallel:
+            raise ConfigError(
+                f"mesh={config.mesh!r} splits mini-batches over {program.layout.data} devices, which strategy "
+                f"{name!r} does not support (its steps add rows of their own); use mesh=runs:N"
+            )
         names = stream.TRACED_TRAINING_FIELDS + spec.traced_names()
         return cls(
             name=name,

@@ -8,6 +8,13 @@ Rehearsal (sec. 4.4, Fig. 9 left): ``strategy`` rehe | gem | icarl with a ``memo
 cells of the model's column (epochs and learning rates), the plain fine-tuning they add their
 memory to.
 
+AR1* with latent replay (Pellegrini et al. 2020; past the paper): ``ar1_star,model[,layer]``, e.g.
+``--config=configs/core50_nc.py:ar1_star,googlenet,inception_4b``; the latent layer defaults to
+``LATENT_LAYER[model]`` (also ``--config.ar1_star.latent_layer``). It trains with AR1's Table 4
+column and the authors' memory of 1500 latent patterns. Their MobileNet was pre-trained and its
+layers below the latent layer frozen from B_1: with an ImageNet checkpoint, add
+``--config.ar1_star.lower_lr_factor_first=0`` (the default, 1, trains them on B_1, for random weights).
+
 ``strategy``: naive | cumulative | lwf | ewc | si | cwr | cwr_plus | ar1 | all (the eight,
 each with its own Table 4 column). ``model``: caffenet | googlenet (Table 4's
 columns) | nin (Table 2's third model; Table 4 has no NiN column, so it uses
@@ -34,13 +41,19 @@ TABLE_COLUMN = {"caffenet": "caffenet", "googlenet": "googlenet", "nin": "caffen
 
 REHEARSAL = ("rehe", "gem", "icarl")  # sec. 4.4
 FIG_9_MEMORY = 2500  # the smallest of Fig. 9's memories
+# AR1*'s latent layer per model: a late block, so that the replayed latents skip most of the net's
+# cost while a few layers above it still learn (our choice; the authors split MobileNet at conv5_4).
+LATENT_LAYER = {"caffenet": "conv5", "googlenet": "inception_5a", "nin": "cccp6"}
 
 
 def get_config(arg: str = "ar1,googlenet"):
     strategy, _, model = arg.partition(",")
     model, _, memory = model.partition(",")
-    if memory and strategy not in REHEARSAL:
-        raise ConfigError(f"memory={memory!r} (argument strategy,model,memory) is only for {', '.join(REHEARSAL)}")
+    if memory and strategy not in REHEARSAL + ("ar1_star",):
+        raise ConfigError(
+            f"memory={memory!r} (argument strategy,model,memory) is only for {', '.join(REHEARSAL)} "
+            "(ar1_star: strategy,model,layer)"
+        )
     if model not in TABLE_COLUMN:
         raise ConfigError(f"model={model!r} (argument strategy,model) is unknown; allowed: {', '.join(TABLE_COLUMN)}")
     c = base_config()
@@ -51,7 +64,7 @@ def get_config(arg: str = "ar1,googlenet"):
     c.test_set = "full"  # sessions 3, 7, 10
     c.num_runs = 10  # the official runs 0-9
     c.model = model
-    c.strategies = strategy if strategy in REHEARSAL else parse_strategies(strategy)
+    c.strategies = strategy if strategy in REHEARSAL + ("ar1_star",) else parse_strategies(strategy)
     c.batch_size = BATCH_SIZE[model]
     c.optimizer = "sgd"
     c.momentum = 0.9
@@ -66,4 +79,7 @@ def get_config(arg: str = "ar1,googlenet"):
             c[strategy].memory_size = float(memory) if memory else float(FIG_9_MEMORY)
         except ValueError:
             raise ConfigError(f"memory={memory!r} (argument strategy,model,memory) is not a number") from None
+    if strategy == "ar1_star":
+        apply_table(c, {"ar1_star": TABLE_4["ar1"][TABLE_COLUMN[model]]})
+        c.ar1_star.latent_layer = memory or LATENT_LAYER[model]  # the argument's third part is the layer here
     return c

@@ -27,4 +27,6 @@ def get_config():
     c.cwr.epochs = 1
     c.cwr_plus.epochs = 2
     c.ar1.epochs = 2
+    # AR1* (latent replay at fc1, the MLP's one hidden layer: fc1 trains on B_1, then is frozen): as AR1.
+    c.ar1_star.epochs = 2
     return c

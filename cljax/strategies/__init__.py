@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from cljax.hparams import gridable
-from cljax.strategies import ar1, cumulative, cwr, cwr_plus, ewc, gem, icarl, lwf, naive, rehe, si
+from cljax.strategies import ar1, ar1_star, cumulative, cwr, cwr_plus, ewc, gem, icarl, lwf, naive, rehe, si
 from cljax.strategies.base import BatchContext, Strategy, StrategySpec
 from cljax.strategies.memory import STREAM, StreamShape
 
@@ -30,6 +30,7 @@ STRATEGIES: dict[str, StrategySpec] = {
     "rehe": rehe.SPEC,
     "gem": gem.SPEC,
     "icarl": icarl.SPEC,
+    "ar1_star": ar1_star.SPEC,
 }
 
 
@@ -40,12 +41,17 @@ def strategy_spec(name: str) -> StrategySpec:
 
 
 def make_strategy(
-    name: str, hparams: Mapping[str, Any] | None = None, stream: StreamShape | None = None, classifier: str = "head"
+    name: str,
+    hparams: Mapping[str, Any] | None = None,
+    stream: StreamShape | None = None,
+    classifier: str = "head",
+    model: Any = None,
 ) -> Strategy:
     """The strategy ``name`` built from its static hyperparameters (defaults where absent); for
     the strategies that size their state by it, the ``stream`` (under ``hparams["stream"]``).
     ``classifier`` is the path of the model's classifier layer (``config.classifier``), given to
-    factories that take a ``classifier`` argument (those that touch the head: CWR, CWR+, AR1)."""
+    factories that take a ``classifier`` argument (those that touch the head: CWR, CWR+, AR1);
+    ``model`` (the Flax module) to those that take a ``model`` argument (AR1* splits it at a layer)."""
     spec = strategy_spec(name)
     values = {k: p.default for k, p in spec.hparams.items()}
     values.update(hparams or {})
@@ -53,9 +59,11 @@ def make_strategy(
     if stream is not None:  # traced values not given by a grid: this strategy's own
         own = {k: float(values[k]) for k in spec.traced_names() if gridable(spec.hparams[k])}
         static[STREAM] = dataclasses.replace(stream, largest={**own, **stream.largest})
-    if "classifier" in inspect.signature(spec.factory).parameters:
-        return spec.factory(static, classifier=classifier)
-    return spec.factory(static)
+    parameters = inspect.signature(spec.factory).parameters
+    extra = {"classifier": classifier} if "classifier" in parameters else {}
+    if "model" in parameters:
+        extra["model"] = model
+    return spec.factory(static, **extra)
 
 
 def default_hparams(name: str) -> dict[str, Any]:

@@ -99,6 +99,9 @@ class Strategy:
     default_head: str = "maximal"  # App. A: maximal for all but LwF (expanding)
     training_data: str = "batch"  # batch: B_i | union: B_1 ∪ ... ∪ B_i (Cumulative)
     multi_head_fit: str = "task"  # MT: task: each example's own task head | seen: every seen class (LwF)
+    # False: the ``gradients`` hook feeds the model other rows than the mini-batch's labels (AR1*'s
+    # latent replay), so a mesh's data axis, which splits a mini-batch's rows, cannot be used.
+    data_parallel: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
