@@ -4,6 +4,7 @@ results without their wall-clock timings."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -103,3 +104,25 @@ def run_logged(job, scenario, run: int = 0) -> list[tuple[str, int, Any]]:
 def stage(log, name: str) -> list[Any]:
     """The states logged at ``name`` ('reset', 'trained', 'consolidated'), in batch order."""
     return [state for kind, _, state in log if kind == name]
+
+
+def split_digits_final_accuracy(dataset, name: str, memory_size: int = 200) -> float:
+    """Split digits (SIT, 5 x 2), one run, a 32-unit MLP, 3 epochs per batch with SGD at 0.1, every
+    program compiled once (max_traces=1: nothing recompiles between batches); a strategy with a
+    memory keeps ``memory_size`` patterns. The final accuracy."""
+    from cljax.config import base_config
+    from cljax.experiment import StrategyJob, run_stream
+
+    config = base_config()
+    config.hidden_sizes = (32,)
+    config.num_runs = 1
+    for section in (config, config[name]):
+        section.epochs_first = section.epochs = 3
+        section.lr_first = section.lr = 0.1
+    if "memory_size" in config[name]:
+        config[name].memory_size = memory_size
+    job = StrategyJob.build(config, name, dataset)
+    job = dataclasses.replace(job, program=dataclasses.replace(job.program, max_traces=1))
+    (record,) = run_stream(job, dataset, runs=[0])
+    assert record["diverged"] is None
+    return record["accuracy"][-1]

@@ -15,12 +15,12 @@ import pytest
 
 from cljax.config import ConfigError, base_config
 from cljax.engine import TrainState, cross_entropy, split_outputs
-from cljax.experiment import StrategyJob, run_stream
+from cljax.experiment import StrategyJob
 from cljax.models import MODELS, Classifier, MLPBody, latent
 from cljax.scenarios import load_dataset
 from cljax.strategies import StreamShape, ar1_star, make_strategy
 from cljax.strategies import memory as mem
-from tests.helpers import batch_context, traced
+from tests.helpers import batch_context, split_digits_final_accuracy, traced
 
 NUM_CLASSES = 10
 NUM_BATCHES = 5
@@ -278,28 +278,10 @@ def digits():
     return load_dataset("digits")
 
 
-def final_accuracy(dataset, name: str) -> float:
-    """Split digits (SIT, 5 x 2), one run, a 32-unit MLP, 3 epochs per batch with SGD at 0.1, every
-    program compiled once (max_traces=1: nothing recompiles between batches)."""
-    config = base_config()
-    config.hidden_sizes = (32,)
-    config.num_runs = 1
-    for section in (config, config[name]):
-        section.epochs_first = section.epochs = 3
-        section.lr_first = section.lr = 0.1
-    if name == "ar1_star":
-        config.ar1_star.memory_size = 200
-    job = StrategyJob.build(config, name, dataset)
-    job = dataclasses.replace(job, program=dataclasses.replace(job.program, max_traces=1))
-    (record,) = run_stream(job, dataset, runs=[0])
-    assert record["diverged"] is None
-    return record["accuracy"][-1]
-
-
 def test_ar1_star_beats_naive_on_split_digits(digits):
     """Naive keeps only the last batch's 2 classes (about 0.2); 200 latents at fc1 keep the earlier
     classes (measured: 0.47)."""
-    naive, star = final_accuracy(digits, "naive"), final_accuracy(digits, "ar1_star")
+    naive, star = split_digits_final_accuracy(digits, "naive"), split_digits_final_accuracy(digits, "ar1_star")
     assert naive < 0.3
     assert star > naive + 0.2, (star, naive)
 

@@ -3,7 +3,6 @@ the nearest-mean-of-exemplars classifier, and each strategy end to end against N
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 
 import jax
@@ -13,12 +12,11 @@ import pytest
 
 from cljax.config import ConfigError, base_config, strategy_hparams, validate
 from cljax.engine import MASKED_LOGIT, TrainState
-from cljax.experiment import StrategyJob, run_stream
 from cljax.models import HEAD
 from cljax.scenarios import load_dataset
 from cljax.strategies import StreamShape, gem, icarl, make_strategy, rehe
 from cljax.strategies import memory as mem
-from tests.helpers import batch_context, traced
+from tests.helpers import batch_context, split_digits_final_accuracy, traced
 
 NUM_CLASSES = 10
 NUM_BATCHES = 5
@@ -276,34 +274,16 @@ def digits():
     return load_dataset("digits")
 
 
-def final_accuracy(dataset, name: str) -> float:
-    """Split digits (SIT, 5 x 2), one run, a 32-unit MLP, 3 epochs per batch with SGD at 0.1, every
-    program compiled once (max_traces=1: nothing recompiles between batches)."""
-    config = base_config()
-    config.hidden_sizes = (32,)
-    config.num_runs = 1
-    for section in (config, config[name]):
-        section.epochs_first = section.epochs = 3
-        section.lr_first = section.lr = 0.1
-    if name != "naive":
-        config[name].memory_size = 200
-    job = StrategyJob.build(config, name, dataset)
-    job = dataclasses.replace(job, program=dataclasses.replace(job.program, max_traces=1))
-    (record,) = run_stream(job, dataset, runs=[0])
-    assert record["diverged"] is None
-    return record["accuracy"][-1]
-
-
 @pytest.fixture(scope="module")
 def naive_accuracy(digits):
-    return final_accuracy(digits, "naive")
+    return split_digits_final_accuracy(digits, "naive")
 
 
 @pytest.mark.parametrize("name", ["rehe", "gem", "icarl"])
 def test_rehearsal_beats_naive_on_split_digits(digits, naive_accuracy, name):
     """Naive keeps only the last batch's 2 classes (about 0.2); a memory of 200 digits keeps the
     earlier classes well above that."""
-    accuracy = final_accuracy(digits, name)
+    accuracy = split_digits_final_accuracy(digits, name)
     assert naive_accuracy < 0.3
     assert accuracy > naive_accuracy + 0.35, (name, accuracy, naive_accuracy)
 
