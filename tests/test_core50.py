@@ -121,6 +121,18 @@ def test_nc_in_25_batches_of_2_cuts_the_official_class_order(files, layout):
         np.testing.assert_array_equal(scenario.test_y, run_official.test_y)
 
 
+def test_fig9_right_config_streams_25_batches_of_2(files):
+    """configs/core50_nc.py:fig9_right on the official formats: AR1 and iCaRL, 25 batches of 2 classes."""
+    from tests.test_paper_configs import load_config
+
+    config = load_config("core50_nc", "fig9_right,googlenet")
+    config.data_dir, config.image_size = files["npz"].data_dir, 32
+    dataset, names = experiment.prepare(config)
+    assert names == ["ar1", "icarl"]
+    scenario = build_scenario(config, 2, dataset)
+    assert [sorted(b.classes) for b in scenario.batches] == [[2 * k, 2 * k + 1] for k in range(25)]
+
+
 def test_nc_cut_10_then_5_gives_back_the_official_batches(files):
     f = files["npz"]
     config = core50_config(f.data_dir, first_batch_classes=10, classes_per_batch=5)
