@@ -61,24 +61,25 @@ def herding_ranks(
     class mean of the ``eligible`` rows' features (ties: the lowest row)."""
     n = labels_N.shape[0]
     labels = jnp.where(eligible_N, labels_N, 0)
-    weight = eligible_N.astype(f_NxD.dtype)[:, None]
-    count = jax.ops.segment_sum(eligible_N.astype(jnp.int32), labels, num_classes)
-    mean = jax.ops.segment_sum(f_NxD * weight, labels, num_classes) / jnp.maximum(count, 1)[:, None]
+    # Rows per class as a dense [C, N] mask: class sums are a matmul and each step's per-class argmin
+    # a reduction along N (scatters such as segment_min run one element at a time on CPU).
+    member_CxN = (labels[None, :] == jnp.arange(num_classes)[:, None]) & eligible_N[None, :]
+    count = jnp.sum(member_CxN, axis=1)
+    mean = jnp.dot(member_CxN.astype(f_NxD.dtype), f_NxD, precision=HIGHEST) / jnp.maximum(count, 1)[:, None]
     steps = jnp.minimum(quota, jnp.max(count))
+    rows = jnp.arange(n)
 
     def body(k, carry):
         ranks, chosen_sum = carry
         candidate = (chosen_sum[labels] + f_NxD) / (k + 1)
         distance = jnp.sum((candidate - mean[labels]) ** 2, axis=-1)
-        distance = jnp.where(eligible_N & (ranks < 0), distance, jnp.inf)
-        best = jax.ops.segment_min(distance, labels, num_classes)
-        winner = jnp.isfinite(distance) & (distance == best[labels])
-        row = jax.ops.segment_min(jnp.where(winner, jnp.arange(n), n), labels, num_classes)  # [C]; n = none left
-        found = row < n
-        ranks = ranks.at[jnp.where(found, row, n)].set(k, mode="drop")
+        distance_CxN = jnp.where(member_CxN & (ranks < 0)[None, :], distance[None, :], jnp.inf)
+        row = jnp.argmin(distance_CxN, axis=1)  # [C]; ties: the lowest row
+        found = jnp.isfinite(jnp.min(distance_CxN, axis=1))
+        ranks = jnp.where(jnp.any((rows[None, :] == row[:, None]) & found[:, None], axis=0), k, ranks)
         # Each class's pick, gathered (C rows): summing the picks over all N rows (a scatter-add of
         # N x D) took half the herding's time.
-        chosen_sum = chosen_sum + jnp.where(found[:, None], f_NxD[jnp.minimum(row, n - 1)], 0.0)
+        chosen_sum = chosen_sum + jnp.where(found[:, None], f_NxD[row], 0.0)
         return ranks, chosen_sum
 
     init = (jnp.full((n,), -1, jnp.int32), jnp.zeros_like(mean))
