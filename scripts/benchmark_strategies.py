@@ -30,6 +30,10 @@ issue 12's: a memory of 500 patterns (GEM: 500 / 5 = 100 per batch, margin 0.5).
 splits each strategy's seconds into ``before_batch`` (begin: iCaRL's distillation outputs), the
 SGD steps (fit) and ``after_batch`` with the diagnostics (end: iCaRL's herding and class means),
 each phase waited for before the next starts.
+
+On a loaded machine the wall-clock ratios swing with the load; the ``cpu s`` table (CPU seconds
+the process used over each whole run, evaluation and host work included) depends much less on
+what else runs, and gives the work each strategy does beside naive's.
 BUILD_NOTES.md ("Strategy overhead (issue: speed on every strategy)") records measured outputs with
 their commands.
 """
@@ -240,10 +244,13 @@ def main(argv):
 
     seconds = {name: [] for name in names + ["limit"]}
     phases = {name: {p: [] for p in PHASES} for name in names}
+    cpu = {name: [] for name in names}
     for round_ in range(_REPEATS.value):
         for name in names:
             phase_seconds.update(dict.fromkeys(PHASES, 0.0))
+            cpu_start = time.process_time()
             seconds[name].append(run_seconds(jobs[name], dataset))
+            cpu[name].append(time.process_time() - cpu_start)
             for p in PHASES:
                 phases[name][p].append(phase_seconds[p])
         seconds["limit"].append(limit())
@@ -255,6 +262,13 @@ def main(argv):
         ratios = np.asarray(seconds[name]) / naive
         print(
             f"{name:<12}{statistics.median(seconds[name]):>9.2f}{np.median(ratios):>9.2f}  "
+            f"({ratios.min():.2f}-{ratios.max():.2f})"
+        )
+    print(f"\n{'strategy':<12}{'cpu s':>9}{'x naive':>9}  (range): CPU seconds of the process over the whole run")
+    for name in names:
+        ratios = np.asarray(cpu[name]) / np.asarray(cpu["naive"])
+        print(
+            f"{name:<12}{statistics.median(cpu[name]):>9.2f}{np.median(ratios):>9.2f}  "
             f"({ratios.min():.2f}-{ratios.max():.2f})"
         )
     if _PHASES.value:
