@@ -64,8 +64,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.dataset = "digits"
     c.data_dir = ""  # dataset directory; "" = the dataset's default location
     c.setting = "sit"  # sit: one head, no task labels | mt: one head per batch + task oracle
-    c.classes_per_batch = 2  # classes in each batch B_i, i > 1 (plain datasets)
-    c.first_batch_classes = 0  # classes in B_1; 0 = classes_per_batch (plain datasets)
+    c.classes_per_batch = 2  # classes in each batch B_i, i > 1 (plain datasets; CORe50 NC with first_batch_classes)
+    # classes in B_1; 0 = classes_per_batch (plain datasets), the official batches (CORe50). CORe50 NC
+    # with N > 0: each official run's class order cut into N, then classes_per_batch each (25 x 2: 2, 2)
+    c.first_batch_classes = 0
     c.num_batches = 0  # keep only the first N batches; 0 = all (cifar_split: the first N tasks)
     # CORe50 only (dataset=core50); run r of num_runs is the official run r.
     c.scenario = "nc"  # nc (9 batches) | ni (8) | nic (79): the official CORe50 protocols
@@ -184,6 +186,11 @@ def _validate_core50_fields(config, core50) -> None:
     _check(
         isinstance(config.image_size, int) and not isinstance(config.image_size, bool) and config.image_size >= 0,
         f"image_size={config.image_size!r} is invalid; it must be an integer >= 0 (0 = native size)",
+    )
+    _check(
+        config.dataset != "core50" or not config.first_batch_classes or config.scenario == "nc",
+        f"first_batch_classes={config.first_batch_classes!r} re-cuts CORe50's NC runs only; scenario="
+        f"{config.scenario!r} needs first_batch_classes=0 (its official batches)",
     )
     if config.dataset != "core50":
         for field, default in (("scenario", "nc"), ("labels", "object"), ("image_size", 0), ("test_set", "full")):

@@ -91,6 +91,34 @@ def accuracy_curves(entry: dict) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return curves
 
 
+MEMORY_FIELD = "memory_size"  # the rehearsal strategies' memory (sec. 4.4)
+
+
+def memory_lines(results: dict) -> tuple[dict[str, list[tuple[float, float, float]]], dict[str, tuple[float, float]]]:
+    """Fig. 9 left's numbers, from the entries with complete runs. Strategies with a memory
+    (``memory_size`` in their config section): one line per strategy and setting of their other
+    grid fields, [(memory size, final accuracy mean, std)] by size; the others (AR1, Naive, ...):
+    their final accuracy (mean, std), a horizontal line."""
+    config = results.get("config", {})
+    lines: dict[str, list[tuple[float, float, float]]] = {}
+    flat: dict[str, tuple[float, float]] = {}
+    for name, entry in results["strategies"].items():
+        s = summary_of(entry)
+        if s is None:
+            continue
+        strategy, hparams = entry.get("strategy", name), entry.get("hparams") or {}
+        accuracy = (s["final_accuracy_mean"], s["final_accuracy_std"])
+        section = config.get(strategy) if isinstance(config.get(strategy), dict) else {}
+        size = hparams.get(MEMORY_FIELD, section.get(MEMORY_FIELD))
+        if size is None:
+            flat[name] = accuracy
+            continue
+        others = {k: v for k, v in hparams.items() if k != MEMORY_FIELD}
+        label = f"{strategy}[{','.join(f'{k}={v:g}' for k, v in others.items())}]" if others else strategy
+        lines.setdefault(label, []).append((float(size), *accuracy))
+    return {label: sorted(points) for label, points in lines.items()}, flat
+
+
 def stream_order(batch_classes: Sequence[Sequence[int]], num_classes: int) -> tuple[np.ndarray, list[int]]:
     """Class ids in the order the stream introduces them (classes never trained on last), and how many
     classes are known after each batch that adds some (where the pictures draw batch boundaries).
@@ -373,6 +401,40 @@ def accuracy_figure(results: dict) -> Figure | None:
     axes[0, 0].set_ylabel("accuracy (mean ± std over runs)", fontsize=FONT + 1)
     handles, names = axes[0, 0].get_legend_handles_labels()
     right = axes[0, 1].get_position().x1
+    fig.legend(handles, names, loc="center left", bbox_to_anchor=(right + 0.01, 0.5), fontsize=FONT + 1, frameon=False)
+    return fig
+
+
+def memory_figure(results: dict) -> Figure | None:
+    """Fig. 9 left: final accuracy against memory size, one line per rehearsal strategy (mean ± std
+    over runs), the strategies without a memory as horizontal lines; None unless some strategy has
+    results at two memory sizes or more."""
+    lines, flat = memory_lines(results)
+    if not any(len(points) > 1 for points in lines.values()):
+        return None
+    styles = strategy_styles([*lines, *flat])
+    sizes = sorted({size for points in lines.values() for size, _, _ in points})
+    fig, axes = panel_grid(1, 1, (4.6, 3.4), (0.65, 1.9, 0.5, 0.3))
+    ax = axes[0, 0]
+    for label, points in lines.items():
+        size, mean, std = (np.array(v) for v in zip(*points, strict=True))
+        colour, marker = styles[label]
+        ax.errorbar(
+            size, mean, yerr=std, color=colour, marker=marker, markersize=5, linewidth=1.3, capsize=2, label=label
+        )
+    for k, (name, (mean, std)) in enumerate(flat.items()):
+        colour, _ = styles[name]
+        ax.axhline(mean, color=colour, linestyle=("--", ":", "-.")[k % 3], linewidth=1.3, label=f"{name} (no memory)")
+        ax.axhspan(mean - std, mean + std, color=colour, alpha=0.1, linewidth=0)
+    panel_title(ax, "final accuracy against memory size (Fig. 9 left)", FONT + 2)
+    ax.set_xlabel("memory size (patterns)", fontsize=FONT + 1)
+    ax.set_ylabel("final accuracy (mean ± std over runs)", fontsize=FONT + 1)
+    ax.set_xticks(sizes, [f"{size:g}" for size in sizes])
+    ax.tick_params(labelsize=FONT)
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    handles, names = ax.get_legend_handles_labels()
+    right = ax.get_position().x1
     fig.legend(handles, names, loc="center left", bbox_to_anchor=(right + 0.01, 0.5), fontsize=FONT + 1, frameon=False)
     return fig
 
@@ -736,6 +798,14 @@ def write_report(workdir: str, compare: str | None = None) -> str:
             "(the matrix behind forgetting and BWT). Below the diagonal: what is kept of earlier batches; "
             "cells without a value are exactly 0.",
             accuracy_matrix_figure,
+        ),
+        (
+            "Accuracy against memory size",
+            "memory.png",
+            "Final accuracy of each rehearsal strategy at each memory size (one results entry per size, e.g. a "
+            "hyper-grid on memory_size), mean ± std over the complete runs; the strategies that store no "
+            "pattern (e.g. AR1) as horizontal lines, band ±1 std (Fig. 9 left).",
+            memory_figure,
         ),
         (
             "Confusion matrices",

@@ -4,6 +4,7 @@ limit that the training step's matmuls alone set.
     PYTHONPATH=. python scripts/benchmark_strategies.py                          # every registered strategy
     PYTHONPATH=. python scripts/benchmark_strategies.py --strategies=naive,ewc,si --repeats=5
     PYTHONPATH=. python scripts/benchmark_strategies.py --strategies=naive,ewc --config.ewc.fisher=minibatch
+    PYTHONPATH=. python scripts/benchmark_strategies.py --strategies=naive,rehe,gem,icarl --phases  # issue 12
 
 Protocol (issue 13): split Fashion-MNIST 5x2, MLP 784-400-400-10, mini-batch 128, 2 epochs on every
 batch, SGD with learning rate 0.01 and no momentum, one run. Every strategy keeps its own
@@ -23,6 +24,16 @@ Each strategy runs once untimed (compilation), then ``--repeats`` rounds run eve
 the limit) once, in turn; the ratios over naive are taken within a round (the machine is shared:
 load that changes between rounds cancels out) and their median is reported with their range.
 The load average before and after tells whether other processes shared the cores.
+
+The rehearsal strategies (rehe, gem, icarl) run on this protocol with their defaults, which are
+issue 12's: a memory of 500 patterns (GEM: 500 / 5 = 100 per batch, margin 0.5). ``--phases``
+splits each strategy's seconds into ``before_batch`` (begin: iCaRL's distillation outputs), the
+SGD steps (fit) and ``after_batch`` with the diagnostics (end: iCaRL's herding and class means),
+each phase waited for before the next starts.
+
+On a loaded machine the wall-clock ratios swing with the load; the ``cpu s`` table (CPU seconds
+the process used over each whole run, evaluation and host work included) depends much less on
+what else runs, and gives the work each strategy does beside naive's.
 BUILD_NOTES.md ("Strategy overhead (issue: speed on every strategy)") records measured outputs with
 their commands.
 """
@@ -57,6 +68,28 @@ _EPOCHS = flags.DEFINE_integer("epochs", 2, "epochs of every batch")
 _BATCH = flags.DEFINE_integer("batch_size", 128, "mini-batch size")
 _LR = flags.DEFINE_float("lr", 0.01, "SGD learning rate (no momentum)")
 _HIDDEN = flags.DEFINE_list("hidden_sizes", ["400", "400"], "MLP hidden layers")
+_PHASES = flags.DEFINE_boolean("phases", False, "also print each strategy's seconds in begin, fit and end")
+
+PHASES = ("begin", "fit", "end")  # StreamProgram's three steps of train_batch
+phase_seconds: dict[str, float] = dict.fromkeys(PHASES, 0.0)
+
+
+def time_phases() -> None:
+    """Wraps StreamProgram's begin, fit and end so that each adds its (waited-for) seconds to
+    ``phase_seconds``."""
+    from cljax.stream import StreamProgram
+
+    def timed(name, method):
+        def run(self, *args, **kwargs):
+            start = time.perf_counter()
+            out = jax.block_until_ready(method(self, *args, **kwargs))
+            phase_seconds[name] += time.perf_counter() - start
+            return out
+
+        return run
+
+    for name in PHASES:
+        setattr(StreamProgram, name, timed(name, getattr(StreamProgram, name)))
 
 
 def protocol_config(base, names: list[str]):
@@ -197,6 +230,8 @@ def main(argv):
         flush=True,
     )
 
+    if _PHASES.value:
+        time_phases()
     jobs = {}
     for name in names:
         start = time.perf_counter()
@@ -208,9 +243,16 @@ def main(argv):
     limit = limit_program(ops, steps)
 
     seconds = {name: [] for name in names + ["limit"]}
+    phases = {name: {p: [] for p in PHASES} for name in names}
+    cpu = {name: [] for name in names}
     for round_ in range(_REPEATS.value):
         for name in names:
+            phase_seconds.update(dict.fromkeys(PHASES, 0.0))
+            cpu_start = time.process_time()
             seconds[name].append(run_seconds(jobs[name], dataset))
+            cpu[name].append(time.process_time() - cpu_start)
+            for p in PHASES:
+                phases[name][p].append(phase_seconds[p])
         seconds["limit"].append(limit())
         print(f"round {round_ + 1}: " + ", ".join(f"{n} {s[-1]:.2f}" for n, s in seconds.items()), flush=True)
 
@@ -222,6 +264,22 @@ def main(argv):
             f"{name:<12}{statistics.median(seconds[name]):>9.2f}{np.median(ratios):>9.2f}  "
             f"({ratios.min():.2f}-{ratios.max():.2f})"
         )
+    print(f"\n{'strategy':<12}{'cpu s':>9}{'x naive':>9}  (range): CPU seconds of the process over the whole run")
+    for name in names:
+        ratios = np.asarray(cpu[name]) / np.asarray(cpu["naive"])
+        print(
+            f"{name:<12}{statistics.median(cpu[name]):>9.2f}{np.median(ratios):>9.2f}  "
+            f"({ratios.min():.2f}-{ratios.max():.2f})"
+        )
+    if _PHASES.value:
+        print(
+            f"\n{'strategy':<12}"
+            + "".join(f"{p + ' s':>9}{'x naive':>9}" for p in PHASES)
+            + "  (x naive: over naive's run)"
+        )
+        for name in names:
+            cells = [(np.asarray(phases[name][p]), np.asarray(phases[name][p]) / naive) for p in PHASES]
+            print(f"{name:<12}" + "".join(f"{np.median(s):>9.2f}{np.median(r):>9.2f}" for s, r in cells))
     fraction = np.asarray(seconds["limit"]) / naive
     step_flops = flops(ops)
     limit_s = statistics.median(seconds["limit"])

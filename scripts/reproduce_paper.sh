@@ -21,6 +21,15 @@ googlenet_init=()
 python3 -m cljax.main --config=configs/core50_nc.py:all,googlenet --config.data_dir="$core50" \
   "${googlenet_init[@]}" --workdir="$out/core50_nc_googlenet"
 
+# AR1 against the rehearsal strategies on CORe50 NC, GoogLeNet, 3 runs (sec. 4.4, Fig. 9). Left: REHE,
+# GEM and iCaRL with memories of 2,500, 4,500 and 7,500 patterns (a hyper-grid on memory_size in one
+# workdir: its report draws final accuracy against memory size). Right: AR1 and iCaRL on 25 batches of
+# 2 classes (each official run's class order cut into pairs); BWT in the report's tables.
+for panel in left right; do
+  python3 -m cljax.main --config=configs/core50_nc.py:fig9_$panel,googlenet --config.data_dir="$core50" \
+    "${googlenet_init[@]}" --workdir="$out/core50_fig9_$panel"
+done
+
 # iCIFAR-100 with CifarNet pre-trained on CIFAR-10 (sec. 4.3, Fig. 8, Table 5).
 [ -d "$out/cifarnet_cifar10" ] || python3 scripts/pretrain.py --data_dir="$cifar" --out="$out/cifarnet_cifar10"
 python3 -m cljax.main --config=configs/icifar100.py:all --config.data_dir="$cifar" \

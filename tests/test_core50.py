@@ -90,6 +90,70 @@ def test_nc_follows_the_official_lists(files, layout):
 
 
 @pytest.mark.parametrize("layout", ["npz", "png"])
+def test_nc_in_25_batches_of_2_cuts_the_official_class_order(files, layout):
+    """Fig. 9 right: each official run's classes, in the order its batches introduce them, in pairs."""
+    f = files[layout]
+    config = core50_config(f.data_dir, first_batch_classes=2, classes_per_batch=2)
+    dataset = load_dataset("core50", config.data_dir, config)
+    official_dataset = load_dataset("core50", f.data_dir, core50_config(f.data_dir))
+    for run in range(RUNS):
+        scenario = build_scenario(config, run, dataset)
+        assert scenario.num_batches == 25
+        official_rows = [r for batch in f.lup["nc"][run][:-1] for r in batch]
+        official_labels = [y for batch in f.labels["nc"][run][:-1] for y in batch]
+        # labels.pkl re-maps objects batch by batch: B_1 holds labels 0-9, B_2 10-14, ...
+        appearance = [c for batch in f.labels["nc"][run][:-1] for c in sorted(set(batch))]
+        assert appearance == list(range(NUM_OBJECTS))
+        for k, batch in enumerate(scenario.batches):
+            pair = appearance[2 * k : 2 * k + 2]
+            assert list(batch.classes) == pair
+            # Every training image of the pair's two objects, in the official lists' order.
+            expected = [
+                decode_colour(_colour_of(f.paths[r]))
+                for r, y in zip(official_rows, official_labels, strict=True)
+                if y in pair
+            ]
+            assert identities(batch.x) == expected
+            np.testing.assert_array_equal(batch.y, [y for y in official_labels if y in pair])
+        # The class order (dataset object ids) is the official run's, and so is the test set.
+        run_official = build_scenario(core50_config(f.data_dir), run, official_dataset)
+        assert scenario.class_order == run_official.class_order
+        np.testing.assert_array_equal(scenario.test_y, run_official.test_y)
+
+
+def test_fig9_right_config_streams_25_batches_of_2(files):
+    """configs/core50_nc.py:fig9_right on the official formats: AR1 and iCaRL, 25 batches of 2 classes."""
+    from tests.test_paper_configs import load_config
+
+    config = load_config("core50_nc", "fig9_right,googlenet")
+    config.data_dir, config.image_size = files["npz"].data_dir, 32
+    dataset, names = experiment.prepare(config)
+    assert names == ["ar1", "icarl"]
+    scenario = build_scenario(config, 2, dataset)
+    assert [sorted(b.classes) for b in scenario.batches] == [[2 * k, 2 * k + 1] for k in range(25)]
+
+
+def test_nc_cut_10_then_5_gives_back_the_official_batches(files):
+    f = files["npz"]
+    config = core50_config(f.data_dir, first_batch_classes=10, classes_per_batch=5)
+    scenario = build_scenario(config, 2, load_dataset("core50", config.data_dir, config))
+    assert [identities(b.x) for b in scenario.batches] == [official_identities(f, "nc", 2, i) for i in range(9)]
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"first_batch_classes": 3}, "first_batch_classes/classes_per_batch for run 0.*cannot split 50 classes"),
+        ({"scenario": "ni", "first_batch_classes": 2}, "first_batch_classes=2 re-cuts CORe50's NC runs only"),
+        ({"first_batch_classes": 2, "num_batches": 26}, "num_batches=26 is invalid for dataset=core50.*25 batches"),
+    ],
+)
+def test_bad_nc_cut_is_reported_before_training(files, fields, message):
+    with pytest.raises(ConfigError, match=message):
+        experiment.prepare(core50_config(files["npz"].data_dir, **fields))
+
+
+@pytest.mark.parametrize("layout", ["npz", "png"])
 def test_ni_batches_are_sessions_of_all_objects(files, layout):
     f = files[layout]
     config = core50_config(f.data_dir, scenario="ni")

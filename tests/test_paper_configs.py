@@ -218,3 +218,53 @@ def test_cifar_scenario_fields():
 def test_bad_arguments_are_clear_errors(name, arg, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(name, arg)
+
+
+def test_reproduce_paper_script_commands_parse(tmp_path):
+    """scripts/reproduce_paper.sh, run with a python3 that only records its arguments: the script is
+    valid bash, and every cljax.main command's config (argument and overrides) validates."""
+    import ast
+    import subprocess
+
+    from cljax.config import validate
+
+    script = os.path.join(REPO, "scripts", "reproduce_paper.sh")
+    assert subprocess.run(["bash", "-n", script], capture_output=True).returncode == 0
+    bin_dir, log = tmp_path / "bin", tmp_path / "calls"
+    bin_dir.mkdir()
+    (bin_dir / "python3").write_text(
+        f'#!/bin/sh\nfor a in "$@"; do printf "%s\\t" "$a"; done >> {log}\necho >> {log}\n'
+    )
+    (bin_dir / "python3").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    checkpoint, out = tmp_path / "googlenet", tmp_path / "out"
+    for directory in (checkpoint, out / "cifarnet_cifar10"):  # validate checks that checkpoints exist
+        directory.mkdir(parents=True)
+    done = subprocess.run(
+        ["bash", script, "CORE50", "CIFAR", str(out), str(checkpoint)], cwd=REPO, env=env, capture_output=True
+    )
+    assert done.returncode == 0, done.stderr
+    calls = [line.rstrip("\t").split("\t") for line in log.read_text().splitlines()]
+    mains = [c for c in calls if c[:2] == ["-m", "cljax.main"]]
+    configs = []
+    for call in mains:
+        (config_arg,) = [a for a in call if a.startswith("--config=")]
+        name, _, arg = config_arg.removeprefix("--config=configs/").partition(".py:")
+        config = load_config(name, arg)
+        for flag in call:
+            field, sep, value = flag.removeprefix("--config.").partition("=")
+            if flag.startswith("--config.") and sep:
+                try:
+                    config[field] = ast.literal_eval(value)
+                except (ValueError, SyntaxError):
+                    config[field] = value
+        validate(config)
+        configs.append((arg, config))
+    args = [arg for arg, _ in configs]
+    assert {"fig9_left,googlenet", "fig9_right,googlenet"} <= set(args)
+    left = dict(configs)["fig9_left,googlenet"]
+    assert (left.strategies, left.init_checkpoint, left.lrn) == ("ar1,rehe,gem,icarl", str(checkpoint), False)
+    for strategy in ("rehe", "gem", "icarl"):
+        assert f"{strategy}.memory_size=2500,4500,7500" in left.grid
+    right = dict(configs)["fig9_right,googlenet"]
+    assert (right.strategies, right.first_batch_classes, right.classes_per_batch) == ("ar1,icarl", 2, 2)

@@ -468,3 +468,75 @@ def test_tensorboard_directory_only_when_the_package_is_installed(workdir):
             for j in range(3):
                 column = [row[j] for row in record["accuracy_matrix"]]
                 assert curve(f"accuracy_matrix/B{j + 1}") == [(i + 1, pytest.approx(v)) for i, v in enumerate(column)]
+
+
+# ---- Fig. 9 left: final accuracy against memory size ----
+
+
+@pytest.fixture(scope="module")
+def memory_workdir(tmp_path_factory):
+    """naive beside rehe on a hyper-grid of memory_size (3 sizes), 1 run, 3 batches."""
+    path = tmp_path_factory.mktemp("memory_grid")
+    config = tiny_config("naive,rehe", 1)
+    config.grid = "rehe.memory_size=20,40,80"
+    run(config, path)
+    return path
+
+
+def test_memory_grid_draws_fig9_left_and_the_report_embeds_it(memory_workdir):
+    results = diagnostics.read_results(str(memory_workdir))
+    assert list(results["strategies"]) == [
+        "naive",
+        "rehe[memory_size=20]",
+        "rehe[memory_size=40]",
+        "rehe[memory_size=80]",
+    ]
+    lines, flat = report.memory_lines(results)
+    finals = {n: e["runs"][0]["accuracy"][-1] for n, e in results["strategies"].items()}
+    assert [(size, mean) for size, mean, _ in lines["rehe"]] == [
+        (size, pytest.approx(finals[f"rehe[memory_size={size:g}]"])) for size in (20.0, 40.0, 80.0)
+    ]
+    assert flat == {"naive": (pytest.approx(finals["naive"]), 0.0)}
+    out = memory_workdir / "report"
+    assert_valid_png(out / "memory.png")
+    assert "memory.png" in embedded_pictures((out / "report.md").read_text())
+
+
+def hand_run(run: int, r: list[list[float]]) -> dict:
+    """A complete run whose accuracy after each batch is the accuracy matrix's row mean."""
+    return {"run": run, "diverged": None, "accuracy": [float(np.mean(row)) for row in r], "accuracy_matrix": r}
+
+
+def test_memory_lines_and_bwt_by_hand():
+    """Two batches. AR1: R = [[0.9, 0], [0.5, 0.7]] and [[0.8, 0], [0.6, 0.8]]: BWT = mean(0.5 − 0.9,
+    0.6 − 0.8) = −0.3 ± 0.1, final accuracy mean(0.6, 0.7) = 0.65 ± 0.05. gem at 100 and 50 patterns
+    (grid entries, given out of order) and icarl at one size (a single point, no line to draw alone)."""
+    ar1 = {"runs": [hand_run(0, [[0.9, 0.0], [0.5, 0.7]]), hand_run(1, [[0.8, 0.0], [0.6, 0.8]])]}
+    gem = lambda m, last: {"strategy": "gem", "hparams": {"memory_size": m}, "runs": [hand_run(0, [[1, 0], last])]}
+    results = {
+        "config": {"icarl": {"memory_size": 30.0}, "ar1": {"strength": 1.0}},
+        "strategies": {
+            "ar1": ar1,
+            "gem[memory_size=100]": gem(100.0, [0.8, 0.9]),
+            "gem[memory_size=50]": gem(50.0, [0.6, 1.0]),
+            "icarl": {"runs": [hand_run(0, [[1.0, 0.0], [0.2, 0.4]])]},
+        },
+    }
+    lines, flat = report.memory_lines(results)
+    assert lines == {
+        "gem": [(50.0, 0.8, 0.0), (100.0, pytest.approx(0.85), 0.0)],
+        "icarl": [(30.0, pytest.approx(0.3), 0.0)],
+    }
+    assert flat == {"ar1": (pytest.approx(0.65), pytest.approx(0.05))}
+    assert report.memory_figure(results) is not None
+    assert (
+        report.memory_figure({**results, "strategies": {"ar1": ar1, "icarl": results["strategies"]["icarl"]}}) is None
+    )
+    header = "| strategy | complete runs |"
+    row = {cells[0]: cells for cells in table_rows("\n".join(report.results_table(results)), header)}["ar1"]
+    labels = [label for _, label in report.TABLE_METRICS]
+    assert row[2 + labels.index("BWT")] == "-0.3000 ± 0.1000"
+    assert row[2 + labels.index("final accuracy")] == "0.6500 ± 0.0500"
+    assert {cells[0]: cells for cells in table_rows("\n".join(report.results_table(results)), header)}[
+        "gem[memory_size=50]"
+    ][2 + labels.index("BWT")] == "-0.4000 ± 0.0000"  # 0.6 − 1

@@ -22,6 +22,15 @@ their sizes is assumed (image count and shape come from the files):
   ``batches_filelists/{NI,NC,NIC}_inc/runR/train_batch_XX_filelist.txt`` and
   ``test_filelist.txt`` (lines ``sS/oK/C_SS_OO_FFF.png label``).
 
+NC with other batch sizes (sec. 4.4, Fig. 9 right: 25 batches of 2 classes): with
+``first_batch_classes`` > 0, each official NC run's class order (the order in which its batches
+introduce the objects, i.e. its re-mapped labels 0, 1, 2, ...) is cut into a first batch of
+``first_batch_classes`` classes and then batches of ``classes_per_batch``; each new batch holds
+every training image of the run whose class is in its group, in the official lists' order
+(``first_batch_classes=2, classes_per_batch=2``: labels {0, 1}, {2, 3}, ..., {48, 49}). The test
+set is unchanged. With ``first_batch_classes=10, classes_per_batch=5`` the cut gives back the
+official batches.
+
 The reduced test set keeps the test images listed in the official
 ``test_filelist_reduced.txt`` (every 20th frame), searched in ``data_dir`` and
 ``data_dir/extras``.
@@ -37,7 +46,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from cljax.config import ConfigError
-from cljax.scenarios.base import DataError, Dataset, IncrementalBatch, Scenario
+from cljax.scenarios.base import DataError, Dataset, IncrementalBatch, Scenario, split_classes
 from cljax.scenarios.files import NpzArray, as_text, load_images_in_chunks, load_pickle
 
 SCENARIOS = ("ni", "nc", "nic")
@@ -309,8 +318,25 @@ def _class_ids(labels: np.ndarray, ids: np.ndarray, where: str) -> dict[int, int
     return {int(a): int(b) for a, b in pairs.T}
 
 
+def recut_nc(run: OfficialRun, first_batch_classes: int, classes_per_batch: int, where: str) -> OfficialRun:
+    """The run's training images regrouped by class: its class order (the labels of the official
+    batches, batch by batch, increasing within a batch: 0, 1, 2, ... in the official NC lists) cut by
+    ``split_classes``; within a batch, images keep the official order."""
+    index, labels = np.concatenate(run.train), np.concatenate(run.train_labels)
+    order: list[int] = []  # batch by batch, each batch's new labels in increasing order
+    for batch_labels in run.train_labels:
+        order += [int(c) for c in np.unique(batch_labels) if c not in order]
+    try:
+        groups = split_classes(order, classes_per_batch, first_batch_classes)
+    except ValueError as e:
+        raise ConfigError(f"first_batch_classes/classes_per_batch for {where}: {e}") from None
+    keep = [np.isin(labels, group) for group in groups]
+    return dataclasses.replace(run, train=tuple(index[k] for k in keep), train_labels=tuple(labels[k] for k in keep))
+
+
 def load_core50(config) -> Dataset:
-    """CORe50 for ``config``: scenario, labels, image_size, test_set, num_runs, num_batches, data_dir."""
+    """CORe50 for ``config``: scenario, labels, image_size, test_set, num_runs, num_batches, data_dir
+    (and first_batch_classes, classes_per_batch: NC re-cut, ``recut_nc``)."""
     scenario = config.scenario
     lists = find_layout(config.data_dir, scenario, config.num_runs)
     if config.num_runs > lists.num_runs:
@@ -326,6 +352,8 @@ def load_core50(config) -> Dataset:
     # What each run uses: its first num_batches batches and its (full or reduced) test list.
     used = []
     for r, run in enumerate(lists.runs):
+        if config.first_batch_classes:
+            run = recut_nc(run, config.first_batch_classes, config.classes_per_batch, f"run {r} of {lists.source}")
         if config.num_batches > len(run.train):
             raise ConfigError(
                 f"num_batches={config.num_batches} is invalid for dataset=core50: run {r} of the official "
