@@ -26,6 +26,7 @@ HEADS = ("default", "maximal", "expanding")
 SETTINGS = ("sit", "mt")
 VMAP_RUNS = ("auto", "true", "false")
 FEATURE_CACHE = ("auto", "on", "off")
+INIT_HEADS = ("checkpoint", "fresh")
 MAX_RUNS = 1000  # the paper averages 10 runs; beyond this a mistyped value is likelier than a study
 MAX_SEED = 2**32  # jax.random.key keeps a seed's low 32 bits: seed 2**32 would repeat seed 0's streams
 # Fields that cannot change any result; a workdir's checkpoints resume even when they differ.
@@ -81,6 +82,22 @@ def base_config() -> ml_collections.ConfigDict:
     # models (register_model) whose last layer has another name (the model contract: cljax/models).
     c.classifier = "head"
     c.init_checkpoint = ""  # orbax checkpoint of initial params (scripts/pretrain.py, import_torch); "" = random
+    # The classifier with init_checkpoint (or a pre-training slice): checkpoint = the checkpoint's when its
+    # shape fits the model's, else fresh | fresh = always the model's own initial classifier (the paper
+    # replaces the ImageNet/CIFAR-10 classifier; each strategy then starts its own head).
+    c.init_head = "checkpoint"
+    # Pre-trained protocol on one dataset (cljax/pretraining.py): slice none | all10 (a stratified 10% of
+    # the training images, every class) | half5 (as many, classes 0..C/2-1 only) | scratch (all10's images
+    # held out, nothing pre-trained: the control). The stream uses the other training images; the body is
+    # pre-trained on the slice first (cached in <workdir>/pretrained/) unless init_checkpoint names one.
+    c.pretrain = ml_collections.ConfigDict()
+    c.pretrain.slice = "none"
+    c.pretrain.epochs = 10
+    c.pretrain.lr = 0.001
+    c.pretrain.batch_size = 128
+    c.pretrain.optimizer = "adam"  # adam | sgd
+    c.pretrain.momentum = 0.0
+    c.pretrain.seed = 0  # the slice's images and the pre-training's initialisation and order
     # Experiment.
     # Comma-separated strategy names, run in this order. The rehearsal baselines of sec. 4.4 (rehe,
     # gem, icarl) are registered but not in the default job (its wall time): configs/rehearsal.py runs them.
@@ -304,6 +321,13 @@ def validate(config) -> None:
         f"init_checkpoint={config.init_checkpoint!r} is not a directory; give an orbax checkpoint directory "
         "(scripts/pretrain.py, python -m cljax.models.import_torch) or '' for random initialisation",
     )
+    _check(
+        config.init_head in INIT_HEADS,
+        f"init_head={config.init_head!r} is unknown; allowed: {', '.join(INIT_HEADS)}",
+    )
+    from cljax.pretraining import validate_pretrain
+
+    validate_pretrain(config)
     for name, spec in STRATEGIES.items():  # a field no strategy reads would be silently ignored
         section = config.get(name) or {}
         allowed = (*TRAINING_FIELDS, *spec.hparams)
