@@ -544,7 +544,13 @@ def run_members(
     job: StrategyJob, dataset: Dataset, runs: list[int], points: list[int] | None = None, **kwargs
 ) -> list[list[dict]]:
     """The records [run][point] of ``runs`` x ``points`` (default: every grid point) trained together
-    as one chunk, without a workdir or checkpoints."""
+    as one chunk, without a workdir or checkpoints. A pre-trained protocol (``pretrain.slice``) needs its
+    weights given: ``init_checkpoint``, or a job from ``with_pretrained``."""
+    if pretraining.needs_pretraining(job.config) and job.program.pretrained is None:
+        raise ConfigError(
+            f"pretrain.slice={job.config.pretrain.slice!r} trains from pre-trained weights, which only a workdir "
+            "job (cljax.main, run_experiment) makes; give --config.init_checkpoint (scripts/pretrain.py --slice)"
+        )
     points = list(range(len(job.points))) if points is None else points
     chunk = Chunk(tuple(runs), tuple(points))
     scenarios = [build_scenario(job.config, r, dataset) for r in runs]

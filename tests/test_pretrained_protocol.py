@@ -173,3 +173,11 @@ def test_scratch_streams_the_same_images_from_random_weights(fashion_dir, tmp_pa
     config.init_checkpoint = str(tmp_path)
     with pytest.raises(ConfigError, match="^pretrain.slice='scratch' starts from random weights"):
         validate(config)
+
+
+def test_without_a_workdir_the_protocol_needs_its_weights_given(fashion_dir):
+    config = protocol_config("all10", fashion_dir)
+    dataset, _ = experiment.prepare(config)
+    job = StrategyJob.build(config, "naive", dataset)
+    with pytest.raises(ConfigError, match=r"^pretrain.slice='all10' trains from pre-trained weights.*init_checkpoint"):
+        experiment.run_members(job, dataset, [0])
