@@ -325,9 +325,7 @@ def validate(config) -> None:
         config.init_head in INIT_HEADS,
         f"init_head={config.init_head!r} is unknown; allowed: {', '.join(INIT_HEADS)}",
     )
-    from cljax.pretraining import validate_pretrain
-
-    validate_pretrain(config)
+    _validate_pretrain(config)
     for name, spec in STRATEGIES.items():  # a field no strategy reads would be silently ignored
         section = config.get(name) or {}
         allowed = (*TRAINING_FIELDS, *spec.hparams)
@@ -349,6 +347,33 @@ def validate(config) -> None:
     for name in names:
         for point in strategy_grid(config, name, axes):
             validate_point(config, name, point)
+
+
+def _validate_pretrain(config) -> None:
+    """The ``pretrain`` section (cljax/pretraining.py)."""
+    from cljax.pretraining import OPTIMIZERS, SLICES
+
+    p = config.pretrain
+    _check(p.slice in SLICES, f"pretrain.slice={p.slice!r} is unknown; allowed: {', '.join(SLICES)}")
+    _check(
+        p.optimizer in OPTIMIZERS, f"pretrain.optimizer={p.optimizer!r} is unknown; allowed: {', '.join(OPTIMIZERS)}"
+    )
+    _positive_int(p.epochs, "pretrain.epochs")
+    _positive_int(p.batch_size, "pretrain.batch_size")
+    _positive_float(p.lr, "pretrain.lr")
+    _check(
+        _is_number(p.momentum) and 0 <= p.momentum < 1,
+        f"pretrain.momentum={p.momentum!r} is invalid; it must be in [0, 1)",
+    )
+    _check(
+        isinstance(p.seed, int) and not isinstance(p.seed, bool) and 0 <= p.seed < MAX_SEED,
+        f"pretrain.seed={p.seed!r} is invalid; it must be an integer in [0, 2**32)",
+    )
+    _check(
+        not (p.slice == "scratch" and config.init_checkpoint),
+        "pretrain.slice='scratch' starts from random weights; init_checkpoint must be '' with it "
+        "(or choose pretrain.slice=all10 or half5)",
+    )
 
 
 def validate_distributed(d) -> None:

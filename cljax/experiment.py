@@ -605,8 +605,6 @@ def read_data(config, dataset: Dataset | None = None) -> tuple[Dataset, list[str
     """``prepare`` before the pre-training slice is held out: every training image."""
     validate(config)
     if dataset is not None:
-        if config.pretrain.slice != "none":
-            pretraining.split_dataset(dataset, config.pretrain.slice, config.pretrain.seed)  # ConfigError now
         return dataset, strategy_names(config)
     try:
         dataset = load_dataset(config.dataset, config.data_dir, config)
@@ -622,12 +620,8 @@ def read_data(config, dataset: Dataset | None = None) -> tuple[Dataset, list[str
                     f"{field}={config[field]} is invalid; dataset {config.dataset!r} has only "
                     f"{dataset.num_classes} classes"
                 )
-    if config.pretrain.slice != "none":
-        dataset_check = pretraining.split_dataset(dataset, config.pretrain.slice, config.pretrain.seed)[1]
-    else:
-        dataset_check = dataset
     try:
-        build_scenario(config, 0, dataset_check)  # checks the class split against the dataset
+        build_scenario(config, 0, pretraining.stream_dataset(config, dataset))  # the class split against the data
     except (ConfigError, DataError):
         raise
     except ValueError as e:

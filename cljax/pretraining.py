@@ -40,30 +40,6 @@ CACHE_DIR = "pretrained"  # <workdir>/pretrained/<slice>-<hash of the pre-traini
 OPTIMIZERS = ("adam", "sgd")
 
 
-def validate_pretrain(config) -> None:
-    """The ``pretrain`` section: one sentence naming the field and its allowed values."""
-    p = config.pretrain
-    if p.slice not in SLICES:
-        raise ConfigError(f"pretrain.slice={p.slice!r} is unknown; allowed: {', '.join(SLICES)}")
-    if p.optimizer not in OPTIMIZERS:
-        raise ConfigError(f"pretrain.optimizer={p.optimizer!r} is unknown; allowed: {', '.join(OPTIMIZERS)}")
-    for field in ("epochs", "batch_size"):
-        value = p[field]
-        if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
-            raise ConfigError(f"pretrain.{field}={value!r} is invalid; it must be a positive integer")
-    if not (isinstance(p.lr, int | float) and not isinstance(p.lr, bool) and np.isfinite(p.lr) and p.lr > 0):
-        raise ConfigError(f"pretrain.lr={p.lr!r} is invalid; it must be a positive finite number")
-    if not (isinstance(p.momentum, int | float) and 0 <= p.momentum < 1):
-        raise ConfigError(f"pretrain.momentum={p.momentum!r} is invalid; it must be in [0, 1)")
-    if not (isinstance(p.seed, int) and not isinstance(p.seed, bool) and 0 <= p.seed < 2**32):
-        raise ConfigError(f"pretrain.seed={p.seed!r} is invalid; it must be an integer in [0, 2**32)")
-    if p.slice == "scratch" and config.init_checkpoint:
-        raise ConfigError(
-            "pretrain.slice='scratch' starts from random weights; init_checkpoint must be '' with it "
-            "(or choose pretrain.slice=all10 or half5)"
-        )
-
-
 def slice_indices(labels: np.ndarray, num_classes: int, name: str, seed: int = 0) -> np.ndarray:
     """Sorted indices of the training images in pre-training slice ``name`` (empty for ``none``).
 
