@@ -26,6 +26,7 @@ HEADS = ("default", "maximal", "expanding")
 SETTINGS = ("sit", "mt")
 VMAP_RUNS = ("auto", "true", "false")
 FEATURE_CACHE = ("auto", "on", "off")
+INIT_HEADS = ("checkpoint", "fresh")
 MAX_RUNS = 1000  # the paper averages 10 runs; beyond this a mistyped value is likelier than a study
 MAX_SEED = 2**32  # jax.random.key keeps a seed's low 32 bits: seed 2**32 would repeat seed 0's streams
 # Fields that cannot change any result; a workdir's checkpoints resume even when they differ.
@@ -83,6 +84,22 @@ def base_config() -> ml_collections.ConfigDict:
     # models (register_model) whose last layer has another name (the model contract: cljax/models).
     c.classifier = "head"
     c.init_checkpoint = ""  # orbax checkpoint of initial params (scripts/pretrain.py, import_torch); "" = random
+    # The classifier with init_checkpoint (or a pre-training slice): checkpoint = the checkpoint's when its
+    # shape fits the model's, else fresh | fresh = always the model's own initial classifier (the paper
+    # replaces the ImageNet/CIFAR-10 classifier; each strategy then starts its own head).
+    c.init_head = "checkpoint"
+    # Pre-trained protocol on one dataset (cljax/pretraining.py): slice none | all10 (a stratified 10% of
+    # the training images, every class) | half5 (as many, classes 0..C/2-1 only) | scratch (all10's images
+    # held out, nothing pre-trained: the control). The stream uses the other training images; the body is
+    # pre-trained on the slice first (cached in <workdir>/pretrained/) unless init_checkpoint names one.
+    c.pretrain = ml_collections.ConfigDict()
+    c.pretrain.slice = "none"
+    c.pretrain.epochs = 10
+    c.pretrain.lr = 0.001
+    c.pretrain.batch_size = 128
+    c.pretrain.optimizer = "adam"  # adam | sgd
+    c.pretrain.momentum = 0.0
+    c.pretrain.seed = 0  # the slice's images and the pre-training's initialisation and order
     # Experiment.
     # Comma-separated strategy names, run in this order. The rehearsal baselines of sec. 4.4 (rehe,
     # gem, icarl) are registered but not in the default job (its wall time): configs/rehearsal.py runs them.
@@ -311,6 +328,11 @@ def validate(config) -> None:
         f"init_checkpoint={config.init_checkpoint!r} is not a directory; give an orbax checkpoint directory "
         "(scripts/pretrain.py, python -m cljax.models.import_torch) or '' for random initialisation",
     )
+    _check(
+        config.init_head in INIT_HEADS,
+        f"init_head={config.init_head!r} is unknown; allowed: {', '.join(INIT_HEADS)}",
+    )
+    _validate_pretrain(config)
     for name, spec in STRATEGIES.items():  # a field no strategy reads would be silently ignored
         section = config.get(name) or {}
         allowed = (*TRAINING_FIELDS, *spec.hparams)
@@ -332,6 +354,33 @@ def validate(config) -> None:
     for name in names:
         for point in strategy_grid(config, name, axes):
             validate_point(config, name, point)
+
+
+def _validate_pretrain(config) -> None:
+    """The ``pretrain`` section (cljax/pretraining.py)."""
+    from cljax.pretraining import OPTIMIZERS, SLICES
+
+    p = config.pretrain
+    _check(p.slice in SLICES, f"pretrain.slice={p.slice!r} is unknown; allowed: {', '.join(SLICES)}")
+    _check(
+        p.optimizer in OPTIMIZERS, f"pretrain.optimizer={p.optimizer!r} is unknown; allowed: {', '.join(OPTIMIZERS)}"
+    )
+    _positive_int(p.epochs, "pretrain.epochs")
+    _positive_int(p.batch_size, "pretrain.batch_size")
+    _positive_float(p.lr, "pretrain.lr")
+    _check(
+        _is_number(p.momentum) and 0 <= p.momentum < 1,
+        f"pretrain.momentum={p.momentum!r} is invalid; it must be in [0, 1)",
+    )
+    _check(
+        isinstance(p.seed, int) and not isinstance(p.seed, bool) and 0 <= p.seed < MAX_SEED,
+        f"pretrain.seed={p.seed!r} is invalid; it must be an integer in [0, 2**32)",
+    )
+    _check(
+        not (p.slice == "scratch" and config.init_checkpoint),
+        "pretrain.slice='scratch' starts from random weights; init_checkpoint must be '' with it "
+        "(or choose pretrain.slice=all10 or half5)",
+    )
 
 
 def validate_distributed(d) -> None:

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cljax import callbacks as callbacks_lib
-from cljax import checkpoint, compile_time, diagnostics, engine, mesh, metrics, monitor, stream
+from cljax import checkpoint, compile_time, diagnostics, engine, mesh, metrics, monitor, pretraining, stream
 from cljax import grid as grid_lib
 from cljax import workdir as workdir_lib
 from cljax.config import ConfigError, strategy_grid, strategy_hparams, strategy_names, validate, validate_point
@@ -220,9 +220,11 @@ class StrategyJob:
         strategy = make_strategy(name, static, stream=shape, classifier=config.classifier, model=model)
         tx = strategy.transform(engine.make_optimizer(first.optimizer, first.momentum))
         pretrained = restore_params(config.init_checkpoint) if config.init_checkpoint else None
+        fresh_head = config.init_head == "fresh"
         if pretrained is not None:  # checks the checkpoint against the model's shapes now (ConfigError)
             x = jnp.zeros((1,) + tuple(dataset.input_shape), jnp.float32)
-            merge_pretrained(jax.eval_shape(lambda k: model.init({"params": k}, x), jax.random.key(0)), pretrained)
+            shapes = jax.eval_shape(lambda k: model.init({"params": k}, x), jax.random.key(0))
+            merge_pretrained(shapes, pretrained, fresh_head=fresh_head, classifier=config.classifier)
         program = stream.StreamProgram(
             strategy,
             model,
@@ -234,6 +236,7 @@ class StrategyJob:
             loop=step_loop(config.step_loop, model, dataset.input_shape),
             feature_cache=config.feature_cache != "off",
             pretrained=pretrained,
+            fresh_head=fresh_head,
             progress=progress.update if progress is not None else None,
             x_divisor=dataset.x_divisor,
             compute_dtype=config.compute_dtype,
@@ -546,7 +549,13 @@ def run_members(
     job: StrategyJob, dataset: Dataset, runs: list[int], points: list[int] | None = None, **kwargs
 ) -> list[list[dict]]:
     """The records [run][point] of ``runs`` x ``points`` (default: every grid point) trained together
-    as one chunk, without a workdir or checkpoints."""
+    as one chunk, without a workdir or checkpoints. A pre-trained protocol (``pretrain.slice``) needs its
+    weights given: ``init_checkpoint``, or a job from ``with_pretrained``."""
+    if pretraining.needs_pretraining(job.config) and job.program.pretrained is None:
+        raise ConfigError(
+            f"pretrain.slice={job.config.pretrain.slice!r} trains from pre-trained weights, which only a workdir "
+            "job (cljax.main, run_experiment) makes; give --config.init_checkpoint (scripts/pretrain.py --slice)"
+        )
     points = list(range(len(job.points))) if points is None else points
     chunk = Chunk(tuple(runs), tuple(points))
     scenarios = [build_scenario(job.config, r, dataset) for r in runs]
@@ -591,7 +600,14 @@ def comparison_table(results: dict) -> str:
 
 def prepare(config, dataset: Dataset | None = None) -> tuple[Dataset, list[str]]:
     """Validates the config and reads the data (unless ``dataset`` is given: arrays in memory,
-    ``cljax.api.train``); raises ConfigError/DataError before any training."""
+    ``cljax.api.train``); raises ConfigError/DataError before any training. The dataset returned is
+    the stream's: without ``pretrain.slice``'s images (``cljax.pretraining``)."""
+    dataset, names = read_data(config, dataset)
+    return pretraining.stream_dataset(config, dataset), names
+
+
+def read_data(config, dataset: Dataset | None = None) -> tuple[Dataset, list[str]]:
+    """``prepare`` before the pre-training slice is held out: every training image."""
     validate(config)
     if dataset is not None:
         return dataset, strategy_names(config)
@@ -610,7 +626,7 @@ def prepare(config, dataset: Dataset | None = None) -> tuple[Dataset, list[str]]
                     f"{dataset.num_classes} classes"
                 )
     try:
-        build_scenario(config, 0, dataset)  # checks the class split against the dataset
+        build_scenario(config, 0, pretraining.stream_dataset(config, dataset))  # the class split against the data
     except (ConfigError, DataError):
         raise
     except ValueError as e:
@@ -719,8 +735,14 @@ def preflight(
     """Every check of a job, before anything is written: the config's fields, the data files, the
     workdir's path and contents (another config's results), and each strategy's program (the
     init_checkpoint's shapes, the mesh, the mini-batches' memory). Raises ConfigError/DataError
-    (one sentence); reads only."""
-    dataset, names = prepare(config, dataset)
+    (one sentence); reads only. The dataset returned is the stream's (``prepare``)."""
+    return _preflight(config, workdir, display, dataset)[1:]
+
+
+def _preflight(config, workdir: str, display, dataset: Dataset | None):
+    """``preflight``, with every training image first (the pre-training slice's source)."""
+    full, names = read_data(config, dataset)
+    dataset = pretraining.stream_dataset(config, full)
     workdir_lib.check_path(workdir)
     jobs = {}
     num_batches = build_scenario(config, 0, dataset).num_batches
@@ -728,7 +750,23 @@ def preflight(
         jobs[name] = StrategyJob.build(config, name, dataset, display, num_batches=num_batches)
         check_memory(jobs[name], dataset, config.num_runs)
     checkpoint.check_workdir(workdir, config)  # reads only: a refusal leaves the workdir as it was
-    return dataset, names, jobs
+    return full, dataset, names, jobs
+
+
+def with_pretrained(config, workdir: str, full: Dataset, jobs: dict[str, StrategyJob]) -> dict[str, StrategyJob]:
+    """The pre-trained protocol (``pretrain.slice`` all10/half5 without init_checkpoint): process 0
+    pre-trains on the slice of ``full``, or reuses the workdir's cached checkpoint
+    (``cljax.pretraining.pretrained_params``); every job then starts from it."""
+    if not pretraining.needs_pretraining(config):
+        return jobs
+    if is_primary():
+        pretraining.pretrained_params(config, full, workdir, log=log_line)
+    mesh.sync("pre-trained")
+    params = restore_params(pretraining.cache_path(config, workdir))
+    return {
+        name: dataclasses.replace(job, program=dataclasses.replace(job.program, pretrained=params))
+        for name, job in jobs.items()
+    }
 
 
 def run_experiment(
@@ -779,15 +817,17 @@ def run_job(
     """
     primary = is_primary()
     display = monitor.ProgressDisplay() if show_progress and primary else None
-    dataset, names, jobs = preflight(config, workdir, display, dataset)
+    full, dataset, names, jobs = _preflight(config, workdir, display, dataset)
     outputs = (log, display, callbacks, clock, timings)
     if not primary:
         mesh.sync("workdir checked")  # no process writes before every process has read the workdir
+        jobs = with_pretrained(config, workdir, full, jobs)
         return _run_jobs(config, workdir, dataset, names, jobs, *outputs)
     with workdir_lib.WorkdirLock(workdir):  # one job per workdir, for the whole job
         if checkpoint.check_workdir(workdir, config):  # again under the lock: another job may have written
             clear_workdir(workdir)  # overwrite=True, and the workdir holds another config's results
         mesh.sync("workdir checked")
+        jobs = with_pretrained(config, workdir, full, jobs)  # after the checks: the pre-train writes
         return _run_jobs(config, workdir, dataset, names, jobs, *outputs)
 
 

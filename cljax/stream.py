@@ -162,6 +162,7 @@ class StreamProgram:
     loop: str = "device"  # device: the step loop inside the program | host: a jitted call per step
     feature_cache: bool = True  # frozen-body batches train the head on features computed once
     pretrained: Any = None  # initial params merged into every run's init (config.init_checkpoint)
+    fresh_head: bool = False  # config.init_head='fresh': the classifier keeps its fresh initialisation
     x_divisor: float = 1.0  # the dataset's stored images: the model sees x / x_divisor
     compute_dtype: str = "float32"  # float32 | bfloat16 (mixed precision: parameters stay float32)
     layout: Any = None  # cljax.mesh.MemberLayout: members and mini-batches over a device mesh; None: one device
@@ -234,7 +235,8 @@ class StreamProgram:
         if self.pretrained is not None:  # config.init_checkpoint; a head of another size stays fresh
             from cljax.models.pretrained import merge_pretrained
 
-            params = jax.vmap(lambda p: merge_pretrained(p, self.pretrained))(params)
+            merge = functools.partial(merge_pretrained, fresh_head=self.fresh_head, classifier=self.classifier)
+            params = jax.vmap(lambda p: merge(p, self.pretrained))(params)
         states = engine.strongly_typed(self._init(params, num_points=num_points))
         return self.place(states, MEMBER)
 

@@ -13,8 +13,10 @@ same shape, and the checkpoint must hold no other path; otherwise a
 output layer (``head`` and GoogLeNet's auxiliary ``classifier``s) whose
 shape differs (CIFAR-10's 10 classes against iCIFAR-100's 100, ImageNet's
 1000 against CORe50's 50): it keeps its fresh random initialisation, as a
-new classifier layer would in Caffe fine-tuning. Leaves take the dtype of
-the fresh tree.
+new classifier layer would in Caffe fine-tuning. With config ``init_head='fresh'``
+the output layers keep their fresh initialisation whatever their shape (the
+pre-trained protocol, where the slice's classifier has the stream's 10
+outputs). Leaves take the dtype of the fresh tree.
 """
 
 from __future__ import annotations
@@ -64,8 +66,24 @@ def _path_str(path) -> str:
     return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
 
 
-def merge_pretrained(fresh: Params, pretrained: Params, source: str = "init_checkpoint") -> Params:
-    """``fresh`` with every leaf replaced by the checkpoint's (see the module doc for the rule)."""
+def is_output_layer(name: str, classifier: str = "head") -> bool:
+    """Whether parameter path ``name`` belongs to an output layer: the classifier (its path under
+    ``params``) or one of ``OUTPUT_LAYERS`` (GoogLeNet's auxiliary classifiers)."""
+    if any(part in OUTPUT_LAYERS for part in name.split("/")[:-1]):
+        return True
+    return name.startswith(f"params/{classifier.strip('/')}/")
+
+
+def merge_pretrained(
+    fresh: Params,
+    pretrained: Params,
+    source: str = "init_checkpoint",
+    fresh_head: bool = False,
+    classifier: str = "head",
+) -> Params:
+    """``fresh`` with every leaf replaced by the checkpoint's (see the module doc for the rule); with
+    ``fresh_head`` (config ``init_head='fresh'``) the output layers keep their fresh initialisation
+    whatever their shape, as the paper replaces the pre-trained classifier."""
     fresh_leaves = {_path_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(fresh)[0]}
     saved_leaves = {_path_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(pretrained)[0]}
     reinitialised = set()
@@ -75,8 +93,10 @@ def merge_pretrained(fresh: Params, pretrained: Params, source: str = "init_chec
         if name not in fresh_leaves:
             raise ConfigError(f"{source}: the checkpoint's parameter {name!r} is not in the model")
         old, new = saved_leaves[name], fresh_leaves[name]
-        if tuple(old.shape) != tuple(new.shape):
-            if not any(part in OUTPUT_LAYERS for part in name.split("/")[:-1]):
+        if fresh_head and is_output_layer(name, classifier):
+            reinitialised.add(name)
+        elif tuple(old.shape) != tuple(new.shape):
+            if not is_output_layer(name, classifier):
                 raise ConfigError(
                     f"{source}: parameter {name!r} has shape {tuple(old.shape)} in the checkpoint "
                     f"but {tuple(new.shape)} in the model"
