@@ -40,6 +40,7 @@ def get_config(arg: str = "all10"):
     c.cwr.epochs = 1
     c.cwr_plus.epochs = 2
     c.ar1.epochs = 2
+    c.ar1_star.epochs = 2  # as AR1 from scratch; not swept
     if arg in ("all10", "half5"):
         # Swept on all10's run 0 (two rounds of --config.grid, BUILD_NOTES.md "Pre-trained protocol"),
         # the best final accuracy kept (half5 reuses them): B_i>1 learning rates and epochs, λ.
@@ -49,4 +50,7 @@ def get_config(arg: str = "all10"):
         c.cwr.update(epochs=1, lr=0.05)  # of epochs 1, 2 x η 0.01, 0.05, 0.1, 0.2
         c.cwr_plus.update(epochs=1, lr=0.05)  # of epochs 1, 2 x η 0.02, 0.05, 0.1, 0.2
         c.ar1.update(epochs=1, lr=0.1, strength=1e4)  # of epochs 1, 2 x η 0.01-0.1 x λ 1e4, 5e4
+        # AR1*: the authors' setting for a pre-trained body, the layers below the latent layer frozen
+        # from B_1 (not swept; not in the default strategies: --config.strategies=ar1_star).
+        c.ar1_star.lower_lr_factor_first = 0.0
     return c
