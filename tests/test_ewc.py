@@ -115,3 +115,4 @@ def test_warns_when_the_penalty_can_overshoot():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         strategy_spec("ewc").check({**values, "strength": 10.0})  # η·λ·max_F = 0.1
+        strategy_spec("si").check({"strength": 5e7, "max_f": 1e-3, "lr": 2e-5})  # 1 up to float rounding

@@ -47,7 +47,7 @@ def warn_if_unstable(values: Mapping[str, Any], name: str) -> None:
     (eq. 7). Table 4's own EWC values give about 1.2, so this is a warning, not an error."""
     lr, strength, max_f = float(values["lr"]), float(values["strength"]), float(values["max_f"])
     product = lr * strength * max_f
-    if product > 1.0:
+    if product > 1.0 + 1e-9:  # not for products that are 1 up to float rounding (2e-5 · 5e7 · 1e-3)
         warnings.warn(
             f"{name}: learning rate η={lr:g} · strength λ={strength:g} · max_f={max_f:g} = {product:.3g} > 1; "
             "the penalty step can overshoot the anchor (eq. 7)",
