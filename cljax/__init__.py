@@ -22,6 +22,7 @@ _SOURCES: dict[str, str] = {
             "freeze_body",
             "exclude_mask",
             "QuadraticAnchorState",
+            "AnchorPenaltyState",
             "SIPathState",
             "FrozenBodyState",
             "anchor_state",

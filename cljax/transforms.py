@@ -19,9 +19,11 @@ the pure helpers below (``anchor_state``/``replace_anchor_state``, ``si_path_sta
 replacements keep every leaf's dtype and, under a mask, the ``optax.MaskedNode`` placeholders, so the
 compiled training step is reused by every batch.
 
-``anchor_penalty_in_state(mask)`` is the penalty with λ held in the optimizer state
-(``optax.inject_hyperparams``), set per batch with ``set_hyperparams(opt_state, strength=λ)``: a
-hyper-grid over λ then runs in one compiled program. ``freeze_body(head)`` zeroes the update of
+``anchor_penalty_in_state(mask)`` is the penalty with λ held in the optimizer state, set per batch
+with ``set_hyperparams(opt_state, strength=λ)``: a hyper-grid over λ then runs in one compiled
+program. Its state keeps the product λ·F̂ too, rewritten whenever λ or F̂ is (``set_hyperparams``,
+``replace_anchor_state``), so a step computes only (λ·F̂)·(θ − Θ*), the same bits as before, without
+a pass over the parameters to form λ·F̂ again. ``freeze_body(head)`` zeroes the update of
 every parameter outside the classifier while its state flag is set (CWR, CWR+ after B_1).
 
 Masks follow ``optax.masked``: a pytree of Python bools (or a callable params -> such a pytree),
@@ -47,6 +49,15 @@ class QuadraticAnchorState(NamedTuple):
 
     anchor: Params
     importance: Params
+
+
+class AnchorPenaltyState(NamedTuple):
+    """State of ``anchor_penalty_in_state``: λ, the penalty's Θ* and F̂, and λ·F̂ (``weighted``),
+    which each step multiplies by (θ − Θ*). ``weighted`` is a cache: it is written with λ or F̂."""
+
+    strength: jax.Array
+    penalty: QuadraticAnchorState
+    weighted: Params
 
 
 class SIPathState(NamedTuple):
@@ -165,15 +176,8 @@ def quadratic_anchor_penalty(
     if callable(strength):
         return optax.inject_hyperparams(quadratic_anchor_penalty, static_args="mask")(strength=strength, mask=mask)
 
-    def init_fn(params: Params) -> QuadraticAnchorState:
-        return QuadraticAnchorState(
-            anchor=jax.tree.map(jnp.array, params),  # a copy, not an alias of the live params
-            importance=jax.tree.map(jnp.zeros_like, params),
-        )
-
     def update_fn(updates, state: QuadraticAnchorState, params=None):
-        if params is None:
-            raise ValueError("quadratic_anchor_penalty needs the current params: call tx.update(grads, state, params)")
+        _check_params(params)
         updates = jax.tree.map(
             lambda g, f, p, a: g + (strength * f * (p - a)).astype(g.dtype),
             updates,
@@ -183,7 +187,25 @@ def quadratic_anchor_penalty(
         )
         return updates, state
 
-    return _maybe_masked(optax.GradientTransformation(init_fn, update_fn), mask)
+    return _maybe_masked(optax.GradientTransformation(_init_anchor, update_fn), mask)
+
+
+def _init_anchor(params: Params) -> QuadraticAnchorState:
+    """Θ* = the initial params, F̂ = 0: the penalty adds nothing until an importance is set."""
+    return QuadraticAnchorState(
+        anchor=jax.tree.map(jnp.array, params),  # a copy, not an alias of the live params
+        importance=jax.tree.map(jnp.zeros_like, params),
+    )
+
+
+def _check_params(params: Params | None) -> None:
+    if params is None:
+        raise ValueError("the anchor penalty needs the current params: call tx.update(grads, state, params)")
+
+
+def _weighted(strength: jax.Array, importance: Params) -> Params:
+    """λ·F̂ per leaf, in the dtype λ·F̂·(θ − Θ*) had when it was formed every step."""
+    return map_unmasked(lambda f: strength * f, importance)
 
 
 def si_path_tracker(mask: Mask | None = None) -> optax.GradientTransformationExtraArgs:
@@ -240,7 +262,7 @@ def replace_anchor_state(
         anchor=old.anchor if anchor is None else _cast_like(old.anchor, anchor),
         importance=old.importance if importance is None else _cast_like(old.importance, importance),
     )
-    return optax.tree.set(opt_state, QuadraticAnchorState=new)
+    return _reweigh(optax.tree.set(opt_state, QuadraticAnchorState=new))
 
 
 def si_path_state(opt_state: optax.OptState) -> SIPathState:
@@ -293,9 +315,33 @@ def anchor_penalty_in_state(mask: Mask | None = None) -> optax.GradientTransform
     """``quadratic_anchor_penalty`` whose strength λ lives in the optimizer state (0 until set).
 
     Set it with ``set_hyperparams(opt_state, strength=λ)``: λ is then a traced value, so runs
-    and grid points with different λ share one compiled training step.
+    and grid points with different λ share one compiled training step. The state
+    (``AnchorPenaltyState``) holds λ·F̂ as well, so a step adds (λ·F̂)·(θ − Θ*) to the gradient
+    without forming λ·F̂ again (eq. 7).
     """
-    return optax.inject_hyperparams(quadratic_anchor_penalty, static_args="mask")(strength=0.0, mask=mask)
+
+    def init_fn(params: Params) -> AnchorPenaltyState:
+        penalty = _init_anchor(params)
+        strength = jnp.zeros([], jnp.float32)
+        return AnchorPenaltyState(strength, penalty, _weighted(strength, penalty.importance))
+
+    def update_fn(updates, state: AnchorPenaltyState, params=None):
+        _check_params(params)
+        updates = jax.tree.map(
+            lambda g, w, p, a: g + (w * (p - a)).astype(g.dtype), updates, state.weighted, params, state.penalty.anchor
+        )
+        return updates, state
+
+    return _maybe_masked(optax.GradientTransformation(init_fn, update_fn), mask)
+
+
+def _reweigh(opt_state: optax.OptState) -> optax.OptState:
+    """Rewrites the cached λ·F̂ of an ``anchor_penalty_in_state`` (if any) after λ or F̂ changed."""
+    found = optax.tree.get(opt_state, "AnchorPenaltyState")
+    if found is None:
+        return opt_state
+    weighted = _weighted(found.strength, found.penalty.importance)
+    return optax.tree.set(opt_state, AnchorPenaltyState=found._replace(weighted=_cast_like(found.weighted, weighted)))
 
 
 def set_hyperparams(opt_state: optax.OptState, **values: Any) -> optax.OptState:
@@ -307,7 +353,7 @@ def set_hyperparams(opt_state: optax.OptState, **values: Any) -> optax.OptState:
         if old is None:
             raise KeyError(f"opt_state holds no injected hyperparameter {name!r}")
         opt_state = optax.tree.set(opt_state, **{name: jnp.asarray(value, old.dtype)})
-    return opt_state
+    return _reweigh(opt_state) if "strength" in values else opt_state
 
 
 # Frozen shared weights (CWR, CWR+). ------------------------------------------------------------

@@ -9,8 +9,8 @@ these optimizer chains: naive (SGD), + the anchor penalty (EWC's step, eq. 7), +
 ratio over naive within a round (the ratio cancels load shared with other processes).
 
 Timings on a shared machine are noisy; ``--hlo`` prints instead what does not depend on the load:
-how many loop fusions of the compiled step (one member, vmapped, inside a ``fori_loop``, as the
-engine runs it) write an array of the first layer's kernel shape, i.e. how many passes over the
+how many loop fusions of the compiled step (one member, unbatched, inside a ``fori_loop``, as the
+engine runs a single member) write an array of the first layer's kernel shape, i.e. how many passes over the
 largest weight matrix each step makes beyond the matmuls.
 """
 
@@ -36,7 +36,7 @@ _HLO = flags.DEFINE_boolean("hlo", False, "count the kernel-sized fusions of eac
 
 
 def kernel_passes(model, params, tx, x, y) -> list[str]:
-    """The loop fusions of one compiled, vmapped training step (with the divergence guard) that
+    """The loop fusions of one compiled training step (with the divergence guard) that
     write an array of the first kernel's shape."""
     tx = optax.with_extra_args_support(tx)
 
@@ -48,11 +48,10 @@ def kernel_passes(model, params, tx, x, y) -> list[str]:
         return jax.tree.map(lambda n, old: jnp.where(ok, n, old), (optax.apply_updates(p, u), o2), state)
 
     # A traced trip count: XLA cannot unroll the loop (which would count each pass twice).
-    loop = jax.jit(jax.vmap(lambda s, n: jax.lax.fori_loop(0, n, lambda i, s: step(s), s), in_axes=(0, None)))
-    states = jax.tree.map(lambda a: a[None], (params, tx.init(params)))
-    text = loop.lower(states, jnp.int32(4)).compile().as_text()
+    loop = jax.jit(lambda s, n: jax.lax.fori_loop(0, n, lambda i, s: step(s), s))
+    text = loop.lower((params, tx.init(params)), jnp.int32(4)).compile().as_text()
     shape = ",".join(str(d) for d in params["params"]["body"]["fc1"]["kernel"].shape)
-    return re.findall(rf"^\s*%(\S+) = f32\[1,{shape}\]\S* fusion\(", text, re.M)
+    return re.findall(rf"^\s*%(\S+) = f32\[{shape}\]\S* fusion\(", text, re.M)
 
 
 def chains() -> dict[str, optax.GradientTransformation]:

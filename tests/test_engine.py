@@ -185,3 +185,26 @@ def test_auto_step_loop_picks_host_for_convolutions_on_cpu():
     expected = "host" if jax.default_backend() == "cpu" else "device"
     assert step_loop("auto", mlp, (8, 8, 1)) == "device"
     assert step_loop("auto", conv, (32, 32, 3)) == expected
+
+
+def test_a_single_member_runs_unbatched_and_equals_the_mapped_stack():
+    """``vmap_members`` on a stack of one member calls the function on the member itself (no
+    batch axis of size 1 on its matmuls) and gives what the mapped stack gives that member."""
+
+    def member(w, x, scale):
+        return jnp.tanh(x @ w) * scale
+
+    w = jax.random.normal(jax.random.key(0), (2, 3, 5, 4))  # [R, G, ...]
+    x = jax.random.normal(jax.random.key(1), (2, 7, 5))  # [R, ...]
+    scale = jnp.array([1.0, 2.0, 3.0])  # [G]
+    fn = engine.vmap_members(member, (engine.MEMBER, engine.RUN, engine.GRID))
+    stacked = fn(w, x, scale)
+    assert stacked.shape == (2, 3, 7, 4)
+    one = fn(w[1:, 2:], x[1:], scale[2:])
+    assert one.shape == (1, 1, 7, 4)
+    np.testing.assert_allclose(one[0, 0], stacked[1, 2], rtol=1e-6)
+    jaxpr = jax.make_jaxpr(fn)(w[:1, :1], x[:1], scale[:1])
+    (dot,) = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "dot_general"]
+    assert dot.params["dimension_numbers"][1] == ((), ())  # no batch dimensions
+    with pytest.raises(TypeError, match="expected 3 arguments"):
+        fn(w, x)

@@ -46,6 +46,35 @@ def test_constant_schedule_equals_the_float():
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6), a, b)
 
 
+@pytest.mark.parametrize("order", ["strength first", "importance first", "strength changed after"])
+def test_penalty_in_state_keeps_its_cached_product_equal_to_the_float_penalty(order):
+    """``anchor_penalty_in_state`` caches λ·F̂; whatever order λ and F̂ are written in, its update
+    is bit for bit the penalty with λ as a float (eq. 7), and the cache is λ·F̂."""
+    tx = transforms.anchor_penalty_in_state()
+    state = tx.init(PARAMS)
+    if order == "strength first":
+        state = with_anchor_state(transforms.set_hyperparams(state, strength=0.3))
+    elif order == "importance first":
+        state = transforms.set_hyperparams(with_anchor_state(state), strength=0.3)
+    else:
+        state = transforms.set_hyperparams(
+            with_anchor_state(transforms.set_hyperparams(state, strength=7.0)), strength=0.3
+        )
+    grads = jax.tree.map(lambda p: 0.1 * p + 1.0, PARAMS)
+    by_float = transforms.quadratic_anchor_penalty(0.3)
+    expected, _ = by_float.update(grads, with_anchor(by_float), PARAMS)
+    updates, _ = tx.update(grads, state, PARAMS)
+    jax.tree.map(np.testing.assert_array_equal, updates, expected)
+    cached = optax.tree.get(state, "AnchorPenaltyState").weighted
+    jax.tree.map(lambda w: np.testing.assert_allclose(w, 0.3 * 2.0, rtol=1e-7), cached)
+
+
+def with_anchor_state(state):
+    return transforms.replace_anchor_state(
+        state, anchor=zeros(PARAMS), importance=jax.tree.map(lambda p: jnp.full_like(p, 2.0), PARAMS)
+    )
+
+
 def tracked_path(tx):
     state = tx.init(PARAMS)
     grads = jax.tree.map(lambda p: 0.5 + 0.1 * p, PARAMS)
