@@ -157,6 +157,46 @@ def test_herding_picks_the_example_that_keeps_the_running_mean_closest():
     np.testing.assert_array_equal(ranks, [3, 1, -1, -1, 1, 2, 0, 2, 0])
 
 
+def herding_reference(f, labels, eligible, quota, num_classes):
+    """iCaRL Alg. 4 as written, in float64, one class at a time: the mean of the chosen rows plus a
+    candidate, compared with the class mean."""
+    f = np.asarray(f, np.float64)
+    ranks = np.full(len(f), -1)
+    for c in range(num_classes):
+        rows = np.flatnonzero(eligible & (labels == c))
+        if not len(rows):
+            continue
+        mean, chosen = f[rows].mean(0), np.zeros(f.shape[1])
+        for k in range(min(quota, len(rows))):
+            left = rows[ranks[rows] < 0]
+            distance = np.sum(((chosen + f[left]) / (k + 1) - mean) ** 2, axis=1)
+            pick = left[np.argmin(distance)]
+            ranks[pick], chosen = k, chosen + f[pick]
+    return ranks
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "non-negative"])
+def test_herding_equals_algorithm_4_as_written_on_random_normalised_features(kind):
+    """The expanded, matmul form of each step (``herding_ranks``) picks what the direct distance
+    between running and class means picks (float64), on random L2-normalised rows. Non-negative
+    rows (as after a ReLU) are nearly parallel: a form that cancelled large terms would pick
+    differently there."""
+    rng = np.random.default_rng(0)
+    n = 1500
+    if kind == "gaussian":
+        f = rng.normal(size=(n, 16)) + rng.normal(size=(4, 16))[rng.integers(0, 4, n)]
+    else:
+        f = rng.random((n, 64))
+    f /= np.linalg.norm(f, axis=1, keepdims=True)
+    labels = rng.integers(0, 4, n).astype(np.int32)
+    eligible = rng.random(n) < 0.9
+    quota = 60
+    got = icarl.herding_ranks(
+        jnp.asarray(f, jnp.float32), jnp.asarray(labels), jnp.asarray(eligible), jnp.int32(quota), 5
+    )
+    np.testing.assert_array_equal(np.asarray(got), herding_reference(f, labels, eligible, quota, 5))
+
+
 def dual_objective(q, b, v):
     return 0.5 * v @ q @ v + b @ v
 

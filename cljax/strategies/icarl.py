@@ -58,7 +58,14 @@ def herding_ranks(
     exemplar of its class, -1 if it is not among the first ``quota``.
 
     Step k picks, in each class, the row p minimising ‖μ − (f(p) + Σ_{j<k} f(p_j)) / (k + 1)‖, μ the
-    class mean of the ``eligible`` rows' features (ties: the lowest row)."""
+    class mean of the ``eligible`` rows' features (ties: the lowest row).
+
+    With g = f − μ (each row centred on its class mean) and T = Σ_{j<k} g(p_j), (k + 1)² times that
+    squared distance is ‖T + g(p)‖² = ‖g(p)‖² + 2·g(p)·T + ‖T‖², and ‖T‖² is the same for every row of
+    the class. So each step ranks the rows by ‖g(p)‖² + 2·g(p)·T, and g(p)·T grows by g(p)·g(p_k)
+    after each pick: one [N, D] x [D, C] matmul a step instead of forming every candidate mean
+    ([N, D] elementwise work). Centring keeps T small (herding holds the running mean near μ), so
+    the expansion loses no precision to cancellation."""
     n = labels_N.shape[0]
     labels = jnp.where(eligible_N, labels_N, 0)
     # Rows per class as a dense [C, N] mask: class sums are a matmul and each step's per-class argmin
@@ -68,21 +75,21 @@ def herding_ranks(
     mean = jnp.dot(member_CxN.astype(f_NxD.dtype), f_NxD, precision=HIGHEST) / jnp.maximum(count, 1)[:, None]
     steps = jnp.minimum(quota, jnp.max(count))
     rows = jnp.arange(n)
+    centred_NxD = f_NxD - mean[labels]
+    norm_N = jnp.sum(centred_NxD**2, axis=-1)
 
     def body(k, carry):
-        ranks, chosen_sum = carry
-        candidate = (chosen_sum[labels] + f_NxD) / (k + 1)
-        distance = jnp.sum((candidate - mean[labels]) ** 2, axis=-1)
-        distance_CxN = jnp.where(member_CxN & (ranks < 0)[None, :], distance[None, :], jnp.inf)
-        row = jnp.argmin(distance_CxN, axis=1)  # [C]; ties: the lowest row
-        found = jnp.isfinite(jnp.min(distance_CxN, axis=1))
+        ranks, toward_chosen_N = carry  # g(p)·T of the row's class
+        score_CxN = jnp.where(member_CxN & (ranks < 0)[None, :], (norm_N + 2 * toward_chosen_N)[None, :], jnp.inf)
+        row = jnp.argmin(score_CxN, axis=1)  # [C]; ties: the lowest row
+        found = jnp.isfinite(jnp.min(score_CxN, axis=1))
         ranks = jnp.where(jnp.any((rows[None, :] == row[:, None]) & found[:, None], axis=0), k, ranks)
-        # Each class's pick, gathered (C rows): summing the picks over all N rows (a scatter-add of
-        # N x D) took half the herding's time.
-        chosen_sum = chosen_sum + jnp.where(found[:, None], f_NxD[row], 0.0)
-        return ranks, chosen_sum
+        picked_CxD = jnp.where(found[:, None], centred_NxD[row], 0.0)
+        toward_picked_NxC = jnp.dot(centred_NxD, picked_CxD.T, precision=HIGHEST)
+        toward_chosen_N = toward_chosen_N + jnp.take_along_axis(toward_picked_NxC, labels[:, None], axis=1)[:, 0]
+        return ranks, toward_chosen_N
 
-    init = (jnp.full((n,), -1, jnp.int32), jnp.zeros_like(mean))
+    init = (jnp.full((n,), -1, jnp.int32), jnp.zeros((n,), f_NxD.dtype))
     ranks, _ = jax.lax.fori_loop(0, steps, body, init)
     return ranks
 
