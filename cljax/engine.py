@@ -83,15 +83,9 @@ def cross_entropy(
 
 
 def tree_all_finite(tree: Any) -> jax.Array:
-    """True when every floating-point leaf of ``tree`` is finite (the divergence guard's test).
-
-    Σ x·0 is 0 when every x is finite and NaN otherwise (inf·0 = NaN), never an overflow: one
-    float sum per leaf, which XLA fuses into a single read, where ``all(isfinite(x))`` first
-    writes a boolean array of the leaf's shape (an extra pass per step over every parameter)."""
-    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
-    if not leaves:
-        return jnp.bool_(True)
-    return jnp.isfinite(sum(jnp.sum(x * 0, dtype=jnp.float32) for x in leaves))
+    """True when every floating-point leaf of ``tree`` is finite (the divergence guard's test)."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
 def make_optimizer(name: str, momentum: float = 0.0) -> optax.GradientTransformation:
@@ -158,7 +152,9 @@ def limit_traces(fn: Callable[..., Any], n: int | None) -> Callable[..., Any]:
 MEMBER, RUN, GRID = "member", "run", "grid"
 
 
-def vmap_members(fn: Callable[..., Any], kinds: Sequence[str | None]) -> Callable[..., Any]:
+def vmap_members(
+    fn: Callable[..., Any], kinds: Sequence[str | None], unbatch_single: bool = True
+) -> Callable[..., Any]:
     """``fn`` on one member, mapped over the [R, G] member axes.
 
     ``kinds[k]`` says how positional argument k is stacked: ``MEMBER`` ([R, G, ...]), ``RUN``
@@ -167,6 +163,7 @@ def vmap_members(fn: Callable[..., Any], kinds: Sequence[str | None]) -> Callabl
     A stack of one member (R = G = 1, e.g. one run, or one device's share of the runs) calls
     ``fn`` directly on the member: a batch axis of size 1 still turns every matmul into a
     batched one, which XLA:CPU runs ~10% slower (BUILD_NOTES, "Strategy overhead").
+    ``unbatch_single=False`` maps it all the same.
     """
     inner = jax.vmap(fn, in_axes=tuple(0 if k in (MEMBER, GRID) else None for k in kinds))
     mapped = jax.vmap(inner, in_axes=tuple(0 if k in (MEMBER, RUN) else None for k in kinds))
@@ -186,7 +183,7 @@ def vmap_members(fn: Callable[..., Any], kinds: Sequence[str | None]) -> Callabl
             if kind is not None
             for leaf in jax.tree.leaves(arg)
         )
-        if not single:
+        if not (single and unbatch_single):
             return mapped(*args)
         member = [one_member(arg, kind) for arg, kind in zip(args, kinds, strict=True)]
         return jax.tree.map(lambda a: jnp.asarray(a)[None, None], fn(*member))
@@ -314,7 +311,11 @@ def make_member_fit(
         state = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_state, state)
         return state, jnp.where(ok, loss, 0.0), finite
 
-    step_members = vmap_members(member_step, (MEMBER, RUN, MEMBER, RUN, None, RUN, RUN, RUN, MEMBER))
+    # A strategy's own gradient hook stays batched even for one member: GEM's step (its loop over the
+    # past memories and its QP) ran 1.3-1.7x slower unbatched on XLA:CPU (BUILD_NOTES, "Strategy overhead").
+    step_members = vmap_members(
+        member_step, (MEMBER, RUN, MEMBER, RUN, None, RUN, RUN, RUN, MEMBER), unbatch_single=gradients is None
+    )
     orders_of_runs = jax.vmap(epoch_order, in_axes=(0, None, 0, None))
 
     class Carry(NamedTuple):
