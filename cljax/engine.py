@@ -186,7 +186,7 @@ def vmap_members(
         if not (single and unbatch_single):
             return mapped(*args)
         member = [one_member(arg, kind) for arg, kind in zip(args, kinds, strict=True)]
-        return jax.tree.map(lambda a: jnp.asarray(a)[None, None], fn(*member))
+        return stack_members(fn(*member))
 
     return call
 
