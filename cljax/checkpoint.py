@@ -7,7 +7,8 @@ Layout of a workdir::
     <workdir>/results.json          all finished runs (rewritten after each chunk; derived from runs/)
     <workdir>/checkpoints/<step>/   one orbax step per completed batch (``ocp.args`` API):
         state/     StandardSave: the stacked states of the chunk of runs in flight: params,
-                   optimizer state (anchors Θ* and importances F̂ live there), strategy state
+                   optimizer state (anchors Θ* and importances F̂ live there), strategy state,
+                   packed into one array per dtype (``pack_state``)
         progress/  JsonSave: chunk, batch, the chunk's run records so far, which of its runs
                    are alive (never the finished runs: a step's size does not grow with them)
         cljax_sha256.json  the SHA-256 of every other file of the step, written once the step is
@@ -90,7 +91,7 @@ class Checkpoints:
 
     def save(self, step: int, state: TrainState, progress: dict[str, Any]) -> None:
         """Writes ``state`` and the JSON-native ``progress`` as step ``step`` (blocking)."""
-        arrays = {"train_state": state}
+        arrays = {"packed": pack_state(state)}
         self._manager.save(
             step,
             args=ocp.args.Composite(state=ocp.args.StandardSave(arrays), progress=ocp.args.JsonSave(progress)),
@@ -151,15 +152,13 @@ class Checkpoints:
         Orbax gives back strongly typed arrays: a fresh state must not hold weakly typed
         leaves (``engine.strongly_typed``), or the step compiles once more.
         """
-        like = {"train_state": like_state}
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
         try:
             restored = self._manager.restore(
-                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore({"packed": packed_like(like_state)}))
             ).state
         except Exception as e:
             raise self._unusable(step, e) from None
-        return jax.tree.map(_placed_like, restored, like)["train_state"]
+        return jax.tree.map(_placed_like, unpack_state(restored["packed"], like_state), like_state)
 
     def keep(self, step: int) -> None:
         """Preserves ``step`` beyond ``MAX_TO_KEEP`` (the last good checkpoint of a diverged run)."""
@@ -180,11 +179,59 @@ class Checkpoints:
         )
 
 
+MEMBER_AXES = 2  # every leaf of a chunk's state is stacked [runs, grid points, ...]
+
+
+def _member_axes(state: Any) -> int:
+    """How many leading axes every leaf shares (2, the members'; 0 for a state without them)."""
+    leaves = jax.tree.leaves(state)
+    leading = {leaf.shape[:MEMBER_AXES] for leaf in leaves if leaf.ndim >= MEMBER_AXES}
+    return MEMBER_AXES if len(leading) == 1 and all(leaf.ndim >= MEMBER_AXES for leaf in leaves) else 0
+
+
+@jax.jit
+def pack_state(state: Any) -> dict[str, jax.Array]:
+    """The state as one array per dtype: each leaf flattened behind the members' axes and the
+    leaves concatenated in tree order. Orbax's cost per save grows with the number of arrays
+    (~3 ms each on CPU, BUILD_NOTES): a state of ~30 leaves saves ~3x faster packed. The
+    members' axes stay leading, so a state sharded over members stays sharded."""
+    axes = _member_axes(state)
+    groups: dict[str, list[jax.Array]] = {}
+    for leaf in jax.tree.leaves(state):
+        groups.setdefault(leaf.dtype.name, []).append(leaf.reshape(*leaf.shape[:axes], -1))
+    return {name: jnp.concatenate(parts, axis=axes) for name, parts in groups.items()}
+
+
+def packed_like(state: Any) -> dict[str, jax.ShapeDtypeStruct]:
+    """What ``pack_state(state)`` returns, as shapes, dtypes and the state's sharding."""
+    shapes = jax.eval_shape(pack_state, state)
+    sharding = getattr(jax.tree.leaves(state)[0], "sharding", None)
+    if isinstance(sharding, jax.sharding.NamedSharding):  # the members' axes' partition only
+        spec = tuple(sharding.spec)[: _member_axes(state)]
+        sharding = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*spec))
+    return {name: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding) for name, s in shapes.items()}
+
+
+def unpack_state(packed: dict[str, jax.Array], like: Any) -> Any:
+    """The inverse of ``pack_state``: ``like``'s tree, shapes and dtypes, read back from ``packed``."""
+    axes = _member_axes(like)
+    leaves, treedef = jax.tree.flatten(like)
+    offsets: dict[str, int] = {}
+    out = []
+    for leaf in leaves:
+        name = leaf.dtype.name
+        start, size = offsets.get(name, 0), int(np.prod(leaf.shape[axes:], dtype=np.int64))
+        offsets[name] = start + size
+        part = jax.lax.slice_in_dim(packed[name], start, start + size, axis=axes)
+        out.append(part.reshape(leaf.shape))
+    return jax.tree.unflatten(treedef, out)
+
+
 def _placed_like(restored: jax.Array, fresh: jax.Array) -> jax.Array:
-    """Orbax places restored arrays explicitly (committed to the sharding); a fresh array that
-    was not committed gets an uncommitted copy, since jit dispatch keys on commitment too."""
+    """A restored leaf placed as the fresh one: on its sharding when committed (the unpacked slices
+    carry the packed array's); an uncommitted copy otherwise, since jit dispatch keys on commitment too."""
     if getattr(fresh, "committed", True):
-        return restored
+        return jax.device_put(restored, fresh.sharding)
     return jnp.asarray(np.asarray(restored))
 
 

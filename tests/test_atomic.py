@@ -73,3 +73,38 @@ def test_unfinished_checkpoint_is_never_restored(tmp_path):
     restarted.close()
     assert sorted(os.listdir(directory)) == ["0", "1"]
     assert checkpoint.Checkpoints(str(directory), writable=False).progress(1) == {"batch": 1, "again": True}
+
+
+def test_packed_state_holds_one_array_per_dtype_and_unpacks_to_the_same_leaves():
+    """``pack_state`` concatenates every leaf behind the members' axes [R, G], one array per dtype;
+    ``unpack_state`` gives back the tree, shapes, dtypes and bits; a tree without the members'
+    axes (a scalar leaf) is packed flat."""
+    key = jax.random.key(3)
+    state = {
+        "w": jax.random.normal(key, (2, 3, 4, 5)),
+        "b": jnp.arange(2 * 3 * 7, dtype=jnp.float32).reshape(2, 3, 7),
+        "count": jnp.arange(6, dtype=jnp.int32).reshape(2, 3),
+        "mask": jnp.array([[True, False, True], [False, True, True]])[..., None].repeat(4, -1),
+        "images": jnp.arange(2 * 3 * 2 * 2, dtype=jnp.uint8).reshape(2, 3, 2, 2),
+    }
+    packed = checkpoint.pack_state(state)
+    assert {name: a.shape for name, a in packed.items()} == {
+        "float32": (2, 3, 20 + 7),
+        "int32": (2, 3, 1),
+        "bool": (2, 3, 4),
+        "uint8": (2, 3, 4),
+    }
+    assert jax.tree.map(lambda s: (s.shape, s.dtype), checkpoint.packed_like(state)) == jax.tree.map(
+        lambda a: (a.shape, a.dtype), packed
+    )
+    member = (1, 2)  # a member's leaves, in tree order (b before w), are its slice of the packed arrays
+    assert jnp.array_equal(packed["float32"][member][:7], state["b"][member])
+    assert jnp.array_equal(packed["float32"][member][7:], state["w"][member].ravel())
+    unpacked = checkpoint.unpack_state(packed, state)
+    assert jax.tree.structure(unpacked) == jax.tree.structure(state)
+    for a, b in zip(jax.tree.leaves(unpacked), jax.tree.leaves(state), strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape and jnp.array_equal(a, b)
+    flat = {"step": jnp.int32(7), "w": jnp.ones((2, 3), jnp.float32)}
+    assert checkpoint.pack_state(flat)["float32"].shape == (6,)
+    back = checkpoint.unpack_state(checkpoint.pack_state(flat), flat)
+    assert int(back["step"]) == 7 and back["step"].shape == () and jnp.array_equal(back["w"], flat["w"])
