@@ -174,8 +174,8 @@ class Checkpoints:
     def _unusable(self, step: int, error: Exception) -> CheckpointError:
         detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         return CheckpointError(
-            f"checkpoint {self.path(step)} cannot be restored ({detail}); rerun with "
-            "--config.overwrite=True to discard this workdir's checkpoints, or use a new --workdir"
+            f"checkpoint {self.path(step)} cannot be restored ({detail}); delete {self.directory} to train "
+            "the runs in flight again (finished runs are kept), or use a new --workdir"
         )
 
 

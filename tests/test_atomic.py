@@ -108,3 +108,20 @@ def test_packed_state_holds_one_array_per_dtype_and_unpacks_to_the_same_leaves()
     assert checkpoint.pack_state(flat)["float32"].shape == (6,)
     back = checkpoint.unpack_state(checkpoint.pack_state(flat), flat)
     assert int(back["step"]) == 7 and back["step"].shape == () and jnp.array_equal(back["w"], flat["w"])
+
+
+def test_a_checkpoint_of_another_layout_gives_one_sentence_that_names_the_way_out(tmp_path):
+    """A step written leaf by leaf (the layout before packing) does not restore: the error names the
+    checkpoints directory to delete (``overwrite=True`` would resume the same config again)."""
+    import orbax.checkpoint as ocp
+
+    directory = tmp_path / "checkpoints"
+    state = tiny_state()
+    old = ocp.CheckpointManager(str(directory), options=ocp.CheckpointManagerOptions(create=True))
+    old.save(0, args=ocp.args.Composite(state=ocp.args.StandardSave({"train_state": state})))
+    old.wait_until_finished()
+    old.close()
+    with pytest.raises(checkpoint.CheckpointError) as error:
+        checkpoint.Checkpoints(str(directory)).restore(0, state)
+    message = str(error.value)
+    assert f"delete {directory}" in message and "overwrite" not in message and "\n" not in message
