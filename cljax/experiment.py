@@ -11,6 +11,7 @@ alone or stacked with others, and resumes exactly.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import glob
 import os
 import pickle
@@ -103,18 +104,42 @@ class Heads:
         return np.where(task < 0, self.scenario.num_batches, task).astype(np.int32)
 
 
+def cached_when_hashable(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` remembering its last results for hashable arguments: every strategy of a job asks the
+    same of the same model (flax modules hash by their fields); a model with unhashable fields is
+    asked again each time."""
+    cached = functools.lru_cache(maxsize=16)(fn)
+
+    @functools.wraps(fn)
+    def call(*args):
+        try:
+            hash(args)
+        except TypeError:
+            return fn(*args)
+        return cached(*args)
+
+    call.cache_clear = cached.cache_clear
+    return call
+
+
+@cached_when_hashable  # a model that passed is not checked again for the job's next strategy
+def check_model_once(model, input_shape: tuple[int, ...], num_classes: int, classifier: str) -> None:
+    check_model(model, input_shape, num_classes, classifier)
+
+
 def head_kind(config, hp, strategy: Strategy) -> str:
     if config.setting == "mt":
         return "multi"
     return strategy.default_head if hp.head == "default" else hp.head
 
 
+@cached_when_hashable
 def parameter_shapes(model, input_shape):
     return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1,) + tuple(input_shape))))
 
 
 def has_convolutions(model, input_shape) -> bool:
-    return any(leaf.ndim == 4 for leaf in jax.tree.leaves(parameter_shapes(model, input_shape)))  # HWIO kernels
+    return any(leaf.ndim == 4 for leaf in jax.tree.leaves(parameter_shapes(model, tuple(input_shape))))  # HWIO kernels
 
 
 # vmap_runs=auto on CPU: stacked weights up to this size stay in the caches of a small CPU, and
@@ -143,7 +168,7 @@ def use_vmap(choice: str, model, input_shape, num_members: int = 1) -> bool:
         return choice == "true"
     if jax.default_backend() != "cpu":
         return True
-    shapes = parameter_shapes(model, input_shape)
+    shapes = parameter_shapes(model, tuple(input_shape))
     if any(leaf.ndim == 4 for leaf in jax.tree.leaves(shapes)):  # HWIO convolution kernels
         return False
     per_device = -(-num_members // jax.device_count())
@@ -214,7 +239,7 @@ class StrategyJob:
         first = merged[0]  # training fields that fix the program (batch size, optimizer) are not gridded
         model = build_model(config, dataset.num_classes)
         try:  # the model contract, before anything is trained (cljax.models)
-            check_model(model, tuple(dataset.input_shape), dataset.num_classes, config.classifier)
+            check_model_once(model, tuple(dataset.input_shape), dataset.num_classes, config.classifier)
         except ModelContractError as e:
             raise ConfigError(f"model={config.model!r}: {e}") from None
         strategy = make_strategy(name, static, stream=shape, classifier=config.classifier, model=model)

@@ -92,6 +92,23 @@ def test_contract_violations_are_one_sentence_at_build(
         assert word in message, message
 
 
+def test_a_job_checks_its_model_once_and_still_refuses_a_bad_one(tiny_config, digits, registered_models, monkeypatch):
+    """Every strategy of a job builds the same model: the contract is checked for the first one
+    only (the check traces the model four times); a model that fails is checked, and refused, again."""
+    checked = []
+    real_check = experiment.check_model
+    monkeypatch.setattr(experiment, "check_model", lambda *args: checked.append(args) or real_check(*args))
+    experiment.check_model_once.cache_clear()
+    for name in ("naive", "ewc", "si"):
+        experiment.StrategyJob.build(tiny_config, name, digits)
+    assert len(checked) == 1
+    tiny_config.model = "no_features"
+    for _ in range(2):
+        with pytest.raises(ConfigError):
+            experiment.StrategyJob.build(tiny_config, "naive", digits)
+    assert len(checked) == 3
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["cwr_plus", "ar1"])
 def test_head_strategies_on_a_model_with_other_layer_names(tiny_config, digits, registered_models, name):
