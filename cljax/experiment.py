@@ -133,13 +133,17 @@ def head_kind(config, hp, strategy: Strategy) -> str:
     return strategy.default_head if hp.head == "default" else hp.head
 
 
-@cached_when_hashable
 def parameter_shapes(model, input_shape):
-    return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1,) + tuple(input_shape))))
+    return _parameter_shapes(model, tuple(input_shape))  # a tuple: the cache needs hashable arguments
+
+
+@cached_when_hashable
+def _parameter_shapes(model, input_shape: tuple[int, ...]):
+    return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *input_shape))))
 
 
 def has_convolutions(model, input_shape) -> bool:
-    return any(leaf.ndim == 4 for leaf in jax.tree.leaves(parameter_shapes(model, tuple(input_shape))))  # HWIO kernels
+    return any(leaf.ndim == 4 for leaf in jax.tree.leaves(parameter_shapes(model, input_shape)))  # HWIO kernels
 
 
 # vmap_runs=auto on CPU: stacked weights up to this size stay in the caches of a small CPU, and
@@ -168,7 +172,7 @@ def use_vmap(choice: str, model, input_shape, num_members: int = 1) -> bool:
         return choice == "true"
     if jax.default_backend() != "cpu":
         return True
-    shapes = parameter_shapes(model, tuple(input_shape))
+    shapes = parameter_shapes(model, input_shape)
     if any(leaf.ndim == 4 for leaf in jax.tree.leaves(shapes)):  # HWIO convolution kernels
         return False
     per_device = -(-num_members // jax.device_count())
