@@ -7,11 +7,13 @@ LwF, EWC and SI values: the sweep on run 0 in SIT, then frozen
 (python scripts/sweep_regularization.py --config=configs/fashion_mnist.py; BUILD_NOTES.md).
 """
 
-from cljax.config import base_config
+from cljax.config import PAPER_STRATEGIES, base_config
 
 
 def get_config():
     c = base_config()
+    # The paper's eight; the rehearsal baselines run from configs/rehearsal.py (Avalanche's protocol).
+    c.strategies = ",".join(PAPER_STRATEGIES)
     c.dataset = "fashion_mnist"
     c.hidden_sizes = (256,)
     c.epochs_first = 2

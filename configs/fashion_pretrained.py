@@ -16,11 +16,12 @@ The first run pre-trains (cached in <workdir>/pretrained/, reused by reruns) unl
 strategy starts its own classifier (init_head='fresh'): the slice's head is not loaded.
 """
 
-from cljax.config import base_config
+from cljax.config import PAPER_STRATEGIES, base_config
 
 
 def get_config(arg: str = "all10"):
     c = base_config()
+    c.strategies = ",".join(PAPER_STRATEGIES)  # the rehearsal baselines are not part of this protocol
     c.dataset = "fashion_mnist"
     c.pretrain.slice = arg  # validated with the config: none | all10 | half5 | scratch
     c.init_head = "fresh"
