@@ -152,9 +152,7 @@ def limit_traces(fn: Callable[..., Any], n: int | None) -> Callable[..., Any]:
 MEMBER, RUN, GRID = "member", "run", "grid"
 
 
-def vmap_members(
-    fn: Callable[..., Any], kinds: Sequence[str | None], unbatch_single: bool = True
-) -> Callable[..., Any]:
+def vmap_members(fn: Callable[..., Any], kinds: Sequence[str | None]) -> Callable[..., Any]:
     """``fn`` on one member, mapped over the [R, G] member axes.
 
     ``kinds[k]`` says how positional argument k is stacked: ``MEMBER`` ([R, G, ...]), ``RUN``
@@ -163,7 +161,6 @@ def vmap_members(
     A stack of one member (R = G = 1, e.g. one run, or one device's share of the runs) calls
     ``fn`` directly on the member: a batch axis of size 1 still turns every matmul into a
     batched one, which XLA:CPU runs ~10% slower (BUILD_NOTES, "Strategy overhead").
-    ``unbatch_single=False`` maps it all the same.
     """
     inner = jax.vmap(fn, in_axes=tuple(0 if k in (MEMBER, GRID) else None for k in kinds))
     mapped = jax.vmap(inner, in_axes=tuple(0 if k in (MEMBER, RUN) else None for k in kinds))
@@ -183,7 +180,7 @@ def vmap_members(
             if kind is not None
             for leaf in jax.tree.leaves(arg)
         )
-        if not (single and unbatch_single):
+        if not single:
             return mapped(*args)
         member = [one_member(arg, kind) for arg, kind in zip(args, kinds, strict=True)]
         return stack_members(fn(*member))
@@ -311,11 +308,7 @@ def make_member_fit(
         state = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_state, state)
         return state, jnp.where(ok, loss, 0.0), finite
 
-    # A strategy's own gradient hook stays batched even for one member: GEM's step (its loop over the
-    # past memories and its QP) ran 1.3-1.7x slower unbatched on XLA:CPU (BUILD_NOTES, "Strategy overhead").
-    step_members = vmap_members(
-        member_step, (MEMBER, RUN, MEMBER, RUN, None, RUN, RUN, RUN, MEMBER), unbatch_single=gradients is None
-    )
+    step_members = vmap_members(member_step, (MEMBER, RUN, MEMBER, RUN, None, RUN, RUN, RUN, MEMBER))
     orders_of_runs = jax.vmap(epoch_order, in_axes=(0, None, 0, None))
 
     class Carry(NamedTuple):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -263,6 +264,34 @@ def test_gem_projection_leaves_agreeing_gradients_and_ignores_inactive_constrain
     # The inactive constraints' dual variables are zero: a projection against rows 0 and 2 only.
     v = gem.solve_dual(m @ m.T, m @ g, jnp.asarray([True, False, True]), 0.0)
     assert float(v[1]) == 0.0 and float(v[2]) > 0.0
+
+
+def test_gem_projection_of_a_pytree_equals_the_projection_of_the_raveled_gradients():
+    """``project`` works leaf by leaf on gradient pytrees (M: each leaf stacked on a leading K axis):
+    the same g̃ as projecting the raveled vectors, leaf for leaf, with and without a conflict."""
+    rng = np.random.default_rng(0)
+    shapes = {"dense": {"kernel": (6, 4), "bias": (4,)}, "head": {"kernel": (4, 3)}}
+
+    def draw(*lead):
+        return {
+            layer: {name: jnp.asarray(rng.normal(size=(*lead, *shape)), jnp.float32) for name, shape in leaves.items()}
+            for layer, leaves in shapes.items()
+        }
+
+    m_tree, active = draw(3), jnp.asarray([True, True, False])
+    rows = [jax.flatten_util.ravel_pytree(jax.tree.map(lambda a, k=k: a[k], m_tree))[0] for k in range(3)]
+    flat_rows = jnp.stack(rows)
+    conflicts = 0
+    for trial in range(6):
+        g_tree = draw()
+        if trial % 2:  # pushed against row 0: a conflict
+            g_tree = jax.tree.map(lambda g, rows: g - 2.0 * rows[0], g_tree, m_tree)
+        g_flat, unravel = jax.flatten_util.ravel_pytree(g_tree)
+        conflicts += bool(np.any(np.asarray(active & (flat_rows @ g_flat < 0))))
+        got = jax.jit(gem.project)(g_tree, m_tree, active, 0.5)
+        want = unravel(gem.project(g_flat, flat_rows, active, 0.5))
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), got, want)
+    assert conflicts >= 3
 
 
 def test_nearest_mean_of_exemplars_on_a_toy_case():

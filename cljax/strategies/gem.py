@@ -21,7 +21,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax.flatten_util import ravel_pytree
 
 from cljax.engine import LossAndGrad, TrainState
 from cljax.hparams import non_negative, positive
@@ -93,14 +92,31 @@ def solve_dual(gram_KxK: jax.Array, mg_K: jax.Array, active_K: jax.Array, margin
     return jnp.where(active_K, lower + u, 0.0)
 
 
-def project(g_P: jax.Array, m_KxP: jax.Array, active_K: jax.Array, margin) -> jax.Array:
-    """g itself when no active ⟨g, g_k⟩ is negative, else g̃ = Mᵀv + g with v from ``solve_dual``."""
-    mg = jnp.dot(m_KxP, g_P, precision=HIGHEST)
+def row_dots(m_K: Any, g: Any) -> jax.Array:
+    """[K]: ⟨M_k, g⟩ for each row k of ``m_K`` (every leaf stacked on a leading K axis), summed over
+    the leaves: one matrix-vector product per leaf."""
+    pairs = zip(jax.tree.leaves(m_K), jax.tree.leaves(g), strict=True)
+    return sum(jnp.einsum("k...,...->k", rows, leaf, precision=HIGHEST) for rows, leaf in pairs)
+
+
+def project(g: Any, m_K: Any, active_K: jax.Array, margin) -> Any:
+    """g itself when no active ⟨g, g_k⟩ is negative, else g̃ = Mᵀv + g with v from ``solve_dual``.
+
+    ``g`` is a gradient pytree (or a flat vector) and ``m_K`` the past batches' gradients, each leaf
+    stacked on a leading K axis. The work stays leaf by leaf: raveling the gradients into one vector
+    cost a copy of the parameters per step, and XLA:CPU ran the [K, P] x [P, K] dot for MMᵀ ~3x
+    slower than K matrix-vector products (it transposes M first; BUILD_NOTES, "Where GEM's step time
+    goes")."""
+    k = active_K.shape[0]
+    mg = row_dots(m_K, g)
     conflict = jnp.any(active_K & (mg < 0))
-    gram = jnp.dot(m_KxP, m_KxP.T, precision=HIGHEST)
+    gram = jnp.stack([row_dots(m_K, jax.tree.map(lambda rows, j=j: rows[j], m_K)) for j in range(k)])
     v = solve_dual(gram, mg, active_K, margin)
-    projected = jnp.dot(v, m_KxP, precision=HIGHEST) + g_P
-    return jnp.where(conflict, projected, g_P)
+
+    def projected(rows, leaf):
+        return jnp.where(conflict, jnp.einsum("k,k...->...", v, rows, precision=HIGHEST) + leaf, leaf)
+
+    return jax.tree.map(projected, m_K, g)
 
 
 def make_gradients(num_batches: int):
@@ -109,22 +125,23 @@ def make_gradients(num_batches: int):
         del key
         memory, margin = state.strategy_state["memory"], state.strategy_state["margin"]
         loss, grads = loss_and_grad(state.params, mini, weights_B)
-        g, unravel = ravel_pytree(grads)
         idx_TxQ = jnp.arange(memory.valid.shape[0]).reshape(num_batches, -1)  # batch k's slots: row k
         valid_TxQ = memory.valid[idx_TxQ]
         active = valid_TxQ.any(axis=1)  # past batches (B_i's own memory is stored after training on it)
 
         num_past = jnp.max(jnp.where(memory.valid, memory.batch + 1, 0))
 
-        def past_gradient(k, m_KxP):
+        def past_gradient(k, m_T):
             _, g_k = loss_and_grad(
                 state.params, mem.as_minibatch(memory, idx_TxQ[k], mini), valid_TxQ[k].astype(jnp.float32)
             )
-            return m_KxP.at[k].set(ravel_pytree(g_k)[0])
+            return jax.tree.map(lambda rows, leaf: rows.at[k].set(leaf), m_T, g_k)
 
-        # Only the batches seen so far (the loop's length is data: nothing recompiles).
-        m = jax.lax.fori_loop(0, num_past, past_gradient, jnp.zeros((num_batches, g.shape[0]), g.dtype))
-        return loss, unravel(project(g, m, active, margin))
+        # Only the batches seen so far (the loop's length is data: nothing recompiles); M as the
+        # gradient's pytree, each leaf with a leading axis of T rows (rows not reached stay zero).
+        m = jax.tree.map(lambda leaf: jnp.zeros((num_batches, *leaf.shape), leaf.dtype), grads)
+        m = jax.lax.fori_loop(0, num_past, past_gradient, m)
+        return loss, project(grads, m, active, margin)
 
     return gradients
 
