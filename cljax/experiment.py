@@ -172,9 +172,9 @@ def use_vmap(choice: str, model, input_shape, num_members: int = 1) -> bool:
         return choice == "true"
     if jax.default_backend() != "cpu":
         return True
-    shapes = parameter_shapes(model, input_shape)
-    if any(leaf.ndim == 4 for leaf in jax.tree.leaves(shapes)):  # HWIO convolution kernels
+    if has_convolutions(model, input_shape):
         return False
+    shapes = parameter_shapes(model, input_shape)
     per_device = -(-num_members // jax.device_count())
     return per_device * sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(shapes)) <= CPU_VMAP_BYTES
 
