@@ -32,6 +32,9 @@ LossFn = Callable[[jax.Array, dict[str, jax.Array], Any, jax.Array], jax.Array]
 LossAndGrad = Callable[[Params, dict[str, jax.Array], jax.Array], tuple[jax.Array, Params]]
 # gradients(state, minibatch, weights_B, key, loss_and_grad) -> (loss, gradient the optimizer gets)
 GradientsFn = Callable[[Any, dict[str, jax.Array], jax.Array, jax.Array, LossAndGrad], tuple[jax.Array, Params]]
+# union_rows(state) -> (rows, valid_S): the rows a strategy stores ([S, ...], at least the mini-batch's keys)
+# that every epoch trains on together with B_i's; only the ``valid`` ones count (iCaRL's exemplars).
+UnionRowsFn = Callable[[Any], tuple[dict[str, jax.Array], jax.Array]]
 
 # A fit calls its ``progress`` callback about this many times (plus once at the end).
 PROGRESS_UPDATES = 4
@@ -207,6 +210,7 @@ def make_member_fit(
     loop: str = "device",
     max_traces: int | None = None,
     gradients: GradientsFn | None = None,
+    union_rows: UnionRowsFn | None = None,
     layout: Any = None,
 ) -> Callable[..., tuple[TrainState, FitMetrics]]:
     """Builds ``fit(states, run_data, member_data, num_examples, epochs, logit_mask, keys)``
@@ -237,6 +241,11 @@ def make_member_fit(
     mini, weights)``) lets a strategy change a step's gradient: replay stored examples with the
     mini-batch, or project the gradient (rehearsal, sec. 4.4); ``loss_and_grad`` is the task loss
     and its gradient on any mini-batch (the logit mask and auxiliary losses applied as above).
+
+    ``union_rows(state)`` (None: none) adds a member's stored rows to its epochs: each epoch is then a
+    permutation of B_i's real rows and the member's valid stored rows together (iCaRL trains on "B_i
+    together with the exemplars"), so members of one run draw their own permutations and may take
+    different numbers of steps.
 
     ``layout`` (``cljax.mesh.MemberLayout``, None on one device): the members are sharded over the
     mesh axis ``runs`` (``jax.shard_map``: each device trains its own members) and each mini-batch's
@@ -288,51 +297,99 @@ def make_member_fit(
         new_state = TrainState(optax.apply_updates(state.params, updates), opt_state, state.strategy_state)
         return new_state, loss, jnp.isfinite(loss) & tree_all_finite(grads)
 
-    def epoch_order(key, epoch, num_examples, capacity: int):
-        """A permutation of the real rows (padding rows last, then ``batch_size`` spare
+    def epoch_order(key, epoch, real_L):
+        """A permutation of the ``real`` positions (the others last, then ``batch_size`` spare
         zeros so every slice is full) and the epoch's key for dropout."""
         shuffle_key, epoch_key = jax.random.split(jax.random.fold_in(key, epoch))
-        noise = jax.random.uniform(shuffle_key, (capacity,))
-        order = jnp.argsort(jnp.where(jnp.arange(capacity) < num_examples, noise, 2.0))
+        noise = jax.random.uniform(shuffle_key, real_L.shape)
+        order = jnp.argsort(jnp.where(real_L, noise, 2.0))
         return jnp.concatenate([order, jnp.zeros((batch_size,), order.dtype)]), epoch_key
+
+    def real_rows(num_examples, capacity: int):
+        return jnp.arange(capacity) < num_examples
+
+    def stored_rows(state, data):
+        """The member's stored rows with the mini-batch's keys, and which are valid."""
+        rows, valid = union_rows(state)
+        missing = sorted(set(data) - set(rows))
+        if missing:
+            raise KeyError(f"union_rows returned no {missing}: stored rows need every key of the mini-batch")
+        return {k: rows[k].astype(data[k].dtype) for k in data}, valid
+
+    def member_order(state, run_data, member_data, key, epoch, num_examples):
+        """An epoch over B_i's real rows (positions below the capacity) and the valid stored rows
+        (the positions after it)."""
+        _, valid = stored_rows(state, {**run_data, **member_data})
+        return epoch_order(key, epoch, jnp.concatenate([real_rows(num_examples, run_data["y"].shape[0]), valid]))
+
+    def member_rows(state, num_examples):
+        """Rows in the member's epoch: B_i's real rows and, with ``union_rows``, its valid stored rows."""
+        if union_rows is None:
+            return num_examples
+        return num_examples + jnp.sum(union_rows(state)[1]).astype(num_examples.dtype)
+
+    def gather_rows(state, data, idx):
+        """Rows ``idx`` of the epoch: positions below the capacity are B_i's, the others stored."""
+        if union_rows is None:
+            return jax.tree.map(lambda a: a[idx], data)
+        stored, _ = stored_rows(state, data)
+        capacity = data["y"].shape[0]
+        from_batch = idx < capacity
+        batch_idx, stored_idx = jnp.minimum(idx, capacity - 1), jnp.maximum(idx - capacity, 0)
+
+        def pick(a, b):
+            return jnp.where(from_batch.reshape((-1,) + (1,) * (a.ndim - 1)), a[batch_idx], b[stored_idx])
+
+        return {k: pick(data[k], stored[k]) for k in data}
 
     def member_step(state, run_data, member_data, order, s, num_examples, logit_mask, epoch_key, active):
         """Mini-batch ``s`` of an epoch for one member; applied only where ``active`` and finite
         (the partial last mini-batch's missing rows weigh zero)."""
         start = s * batch_size
         idx = jax.lax.dynamic_slice(order, (start,), (batch_size,))
-        weights = (start + jnp.arange(batch_size) < num_examples).astype(jnp.float32)
-        mini = jax.tree.map(lambda a: a[idx], {**run_data, **member_data})
+        weights = (start + jnp.arange(batch_size) < member_rows(state, num_examples)).astype(jnp.float32)
+        mini = gather_rows(state, {**run_data, **member_data}, idx)
         new_state, loss, finite = train_step(state, mini, weights, logit_mask, jax.random.fold_in(epoch_key, s))
         ok = active & finite
         state = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_state, state)
         return state, jnp.where(ok, loss, 0.0), finite
 
-    step_members = vmap_members(member_step, (MEMBER, RUN, MEMBER, RUN, None, RUN, RUN, RUN, MEMBER))
-    orders_of_runs = jax.vmap(epoch_order, in_axes=(0, None, 0, None))
+    # Without stored rows a run's members share its epoch permutations; with them each member has its own.
+    order_kind = RUN if union_rows is None else MEMBER
+    step_members = vmap_members(member_step, (MEMBER, RUN, MEMBER, order_kind, None, RUN, RUN, order_kind, MEMBER))
+    rows_of_members = vmap_members(member_rows, (MEMBER, RUN))
+
+    def new_orders(states, run_data, member_data, keys, epoch, num_examples):
+        if union_rows is None:
+            real = jax.vmap(real_rows, in_axes=(0, None))(num_examples, run_data["y"].shape[1])
+            return jax.vmap(epoch_order, in_axes=(0, None, 0))(keys, epoch, real)
+        kinds = (MEMBER, RUN, MEMBER, RUN, None, RUN)
+        return vmap_members(member_order, kinds)(states, run_data, member_data, keys, epoch, num_examples)
 
     class Carry(NamedTuple):
         states: TrainState
-        orders: jax.Array  # [R, capacity + batch_size]: this epoch's permutation of each run's rows
-        epoch_keys: jax.Array  # [R]
+        orders: jax.Array  # [R, L + batch_size] ([R, G, ...] with stored rows): this epoch's permutations
+        epoch_keys: jax.Array  # [R] ([R, G] with stored rows)
         loss_sum: jax.Array  # [R, G] task loss summed over this epoch's steps
         last_loss: jax.Array  # [R, G] mean loss of each member's last epoch
         steps: jax.Array  # [R, G] steps applied
         bad: jax.Array  # [R, G] step count at the first non-finite step; -1 if none
 
-    def steps_per_epoch(num_examples):
-        return (num_examples + batch_size - 1) // batch_size  # [R]
+    def steps_per_epoch(rows):
+        return (rows + batch_size - 1) // batch_size
 
-    def start(states, run_data, epochs, keys) -> Carry:
+    def start(states, run_data, member_data, num_examples, epochs, keys) -> Carry:
         """The carry before step 0 (its permutations are drawn at the first step of each epoch)."""
-        num_runs, capacity = run_data["y"].shape[:2]
         # The carry is donated to each segment (not on CPU): it must own its buffers. A buffer
         # donated twice, donated and passed again (the keys), or shared with arrays used after the
         # fit (a jitted stage may forward unchanged inputs as outputs) is an error or a loss.
         if donate:
             states = jax.tree.map(jnp.copy, states)
-        orders = jnp.zeros((num_runs, capacity + batch_size), jnp.int32)
-        epoch_keys = jax.random.wrap_key_data(jnp.array(jax.random.key_data(keys)), impl=jax.random.key_impl(keys))
+        # Placeholders of the right shapes: the first step of each epoch draws its permutations and keys.
+        orders, epoch_keys = jax.eval_shape(new_orders, states, run_data, member_data, keys, 0, num_examples)
+        key_data = jnp.zeros(epoch_keys.shape + jax.random.key_data(keys).shape[keys.ndim :], jnp.uint32)
+        epoch_keys = jax.random.wrap_key_data(key_data, impl=jax.random.key_impl(keys))
+        orders = jnp.zeros(orders.shape, orders.dtype)
         losses = [jnp.zeros(epochs.shape, jnp.float32) for _ in range(2)]
         return Carry(
             states,
@@ -346,22 +403,21 @@ def make_member_fit(
     def one_step(carry: Carry, run_data, member_data, epoch, s, num_examples, epochs, logit_mask, keys) -> Carry:
         """Step ``s`` of epoch ``epoch`` for every member: a new epoch's permutation first (s = 0),
         the epoch's mean loss last (after its longest member's final step)."""
-        max_steps = jnp.max(steps_per_epoch(num_examples))
-        capacity = run_data["y"].shape[1]
+        member_steps = steps_per_epoch(rows_of_members(carry.states, num_examples))  # [R, G]
         orders, epoch_keys = jax.lax.cond(
             s == 0,
-            lambda: orders_of_runs(keys, epoch, num_examples, capacity),
+            lambda: new_orders(carry.states, run_data, member_data, keys, epoch, num_examples),
             lambda: (carry.orders, carry.epoch_keys),
         )
-        active = (epoch < epochs) & (s < steps_per_epoch(num_examples)[:, None]) & (carry.bad < 0)
+        active = (epoch < epochs) & (s < member_steps) & (carry.bad < 0)
         states, loss, finite = step_members(
             carry.states, run_data, member_data, orders, s, num_examples, logit_mask, epoch_keys, active
         )
         bad = jnp.where((carry.bad < 0) & active & ~finite, carry.steps, carry.bad)
         loss_sum = carry.loss_sum + loss
         ran = epoch < epochs
-        epoch_done = s + 1 == max_steps
-        mean = loss_sum / jnp.maximum(steps_per_epoch(num_examples)[:, None], 1)
+        epoch_done = s + 1 == jnp.max(member_steps)
+        mean = loss_sum / jnp.maximum(member_steps, 1)
         return Carry(
             states,
             orders,
@@ -374,8 +430,10 @@ def make_member_fit(
 
     @traced
     def segment(carry: Carry, run_data, member_data, num_examples, epochs, logit_mask, keys, first, stop) -> Carry:
-        """Global steps [first, stop) (epoch = step // longest epoch), while any member is alive."""
-        max_steps = jnp.max(steps_per_epoch(num_examples))
+        """Global steps [first, stop) (epoch = step // longest epoch), while any member is alive and
+        has epochs left (on a mesh, a device's members may finish before the longest of all)."""
+        max_steps = jnp.max(steps_per_epoch(rows_of_members(carry.states, num_examples)))
+        end = jnp.minimum(stop, jnp.max(epochs) * max_steps)
 
         def body(inner):
             g, carry = inner
@@ -384,26 +442,33 @@ def make_member_fit(
             )
             return g + 1, carry
 
-        _, carry = jax.lax.while_loop(lambda inner: (inner[0] < stop) & jnp.any(inner[1].bad < 0), body, (first, carry))
+        _, carry = jax.lax.while_loop(lambda inner: (inner[0] < end) & jnp.any(inner[1].bad < 0), body, (first, carry))
         return carry
 
     host_step = one_step
     if layout is not None:
         member, run = layout.spec(MEMBER), layout.spec(RUN)
-        carry_specs = Carry(member, run, run, member, member, member, member)
+        order = layout.spec(order_kind)
+        carry_specs = Carry(member, order, order, member, member, member, member)
         data_specs = (carry_specs, run, member, run, member, run, run)  # carry ... keys
         segment = layout.shard_map(segment, (*data_specs, P(), P()), carry_specs)
         host_step = layout.shard_map(one_step, (carry_specs, run, member, P(), P(), run, member, run, run), carry_specs)
     jit_segment = jax.jit(segment, donate_argnums=donate)
     jit_step = jax.jit(traced(host_step), donate_argnums=donate)
+    jit_rows = jax.jit(rows_of_members)
+
+    def longest_epoch(states, num_examples) -> int:
+        """Rows in the longest member's epoch (the stored rows live on the device: one small read)."""
+        rows = num_examples if union_rows is None else jit_rows(states, num_examples)
+        return int(np.max(to_host(rows)))
 
     def fit(states, run_data, member_data, num_examples, epochs, logit_mask, keys):
         num_examples = jnp.asarray(num_examples, jnp.int32)
         epochs = jnp.asarray(epochs, jnp.int32)
-        max_steps = -(-int(np.max(to_host(num_examples))) // batch_size)
+        max_steps = -(-longest_epoch(states, num_examples) // batch_size)
         max_epochs = int(np.max(to_host(epochs)))
         total = max_epochs * max_steps
-        carry = start(states, run_data, epochs, keys)
+        carry = start(states, run_data, member_data, num_examples, epochs, keys)
         if loop == "device":
             interval = max(-(-total // PROGRESS_UPDATES), 1)
             for first in range(0, total, interval):

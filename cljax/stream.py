@@ -178,6 +178,7 @@ class StreamProgram:
             loop=self.loop,
             max_traces=self.max_traces,
             gradients=self.strategy.gradients,
+            union_rows=self.strategy.union_rows,
             layout=self.layout,
         )
         object.__setattr__(
@@ -343,9 +344,11 @@ class StreamProgram:
         )
 
     def _uses_cached_features(self, states: TrainState) -> bool:
-        """Whether every member's body is frozen and cached features give the same fit."""
+        """Whether every member's body is frozen and cached features give the same fit (not when the
+        strategy's epochs take stored rows: those are images, not features)."""
         frozen = transforms.frozen_body(states.opt_state)
-        return frozen is not None and self.feature_cache and bool(np.all(to_host(frozen)))
+        cacheable = frozen is not None and self.feature_cache and self.strategy.union_rows is None
+        return cacheable and bool(np.all(to_host(frozen)))
 
     def train_batch(
         self, states: TrainState, inputs: BatchInputs, hparams: Mapping[str, jax.Array], alive: jax.Array

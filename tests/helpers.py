@@ -107,9 +107,17 @@ def stage(log, name: str) -> list[Any]:
 
 
 def split_digits_final_accuracy(dataset, name: str, memory_size: int = 200) -> float:
+    """The final accuracy of ``split_digits_record``."""
+    return split_digits_record(dataset, name, memory_size)["accuracy"][-1]
+
+
+SPLIT_DIGITS_EPOCHS = 3
+
+
+def split_digits_record(dataset, name: str, memory_size: int = 200) -> dict:
     """Split digits (SIT, 5 x 2), one run, a 32-unit MLP, 3 epochs per batch with SGD at 0.1, every
     program compiled once (max_traces=1: nothing recompiles between batches); a strategy with a
-    memory keeps ``memory_size`` patterns. The final accuracy."""
+    memory keeps ``memory_size`` patterns. The run's record (it did not diverge)."""
     from cljax.config import base_config
     from cljax.experiment import StrategyJob, run_stream
 
@@ -117,7 +125,7 @@ def split_digits_final_accuracy(dataset, name: str, memory_size: int = 200) -> f
     config.hidden_sizes = (32,)
     config.num_runs = 1
     for section in (config, config[name]):
-        section.epochs_first = section.epochs = 3
+        section.epochs_first = section.epochs = SPLIT_DIGITS_EPOCHS
         section.lr_first = section.lr = 0.1
     if "memory_size" in config[name]:
         config[name].memory_size = memory_size
@@ -125,4 +133,4 @@ def split_digits_final_accuracy(dataset, name: str, memory_size: int = 200) -> f
     job = dataclasses.replace(job, program=dataclasses.replace(job.program, max_traces=1))
     (record,) = run_stream(job, dataset, runs=[0])
     assert record["diverged"] is None
-    return record["accuracy"][-1]
+    return record

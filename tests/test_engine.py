@@ -208,3 +208,38 @@ def test_a_single_member_runs_unbatched_and_equals_the_mapped_stack():
     assert dot.params["dimension_numbers"][1] == ((), ())  # no batch dimensions
     with pytest.raises(TypeError, match="expected 3 arguments"):
         fn(w, x)
+
+
+@pytest.mark.parametrize("loop", ["device", "host"])
+def test_union_rows_make_each_epoch_a_permutation_of_the_batch_and_the_valid_stored_rows(loop):
+    """With ``union_rows``, every epoch of a member visits each real row of B_i and each of that
+    member's valid stored rows exactly once, and nothing else; members of one run with different
+    stored rows take different numbers of steps. Mini-batches of one row and loss −w·x on one-hot
+    rows: each visit of row r adds the learning rate (1) to w[r]."""
+    capacity, slots, n, epochs = 6, 4, 5, 2
+    width = capacity + slots
+
+    def apply_fn(params, x, train=True, rngs=None):
+        return jnp.broadcast_to((x @ params["w"])[:, None], (x.shape[0], 2))
+
+    def union_rows(state):
+        return {"x": jnp.eye(width)[capacity:], "y": jnp.zeros((slots,), jnp.int32)}, state.strategy_state
+
+    tx = optax.sgd(1.0)
+    fit = engine.make_member_fit(
+        apply_fn, tx, lambda logits, *_: -logits[:, 0], 1, loop=loop, union_rows=union_rows, max_traces=1
+    )
+    valid = jnp.array([[[True, False, True, False], [True, True, True, True]]])  # [R = 1, G = 2, S]
+    params = {"w": jnp.zeros((1, 2, width))}
+    states = engine.TrainState(params, jax.vmap(jax.vmap(tx.init))(params), valid)
+    run_data = {"x": jnp.eye(width)[None, :capacity], "y": jnp.zeros((1, capacity), jnp.int32)}
+    ones = jnp.ones((1, 2), jnp.int32)
+    new, metrics = fit(
+        states, run_data, {}, jnp.array([n]), epochs * ones, jnp.ones((1, 2), bool), jax.random.key(0)[None]
+    )
+    visits = np.asarray(new.params["w"][0])
+    expected_batch = np.where(np.arange(capacity) < n, epochs, 0)
+    for g in range(2):
+        np.testing.assert_allclose(visits[g], np.concatenate([expected_batch, epochs * np.asarray(valid[0, g])]))
+    np.testing.assert_array_equal(metrics.steps[0], [epochs * (n + 2), epochs * (n + 4)])
+    assert (metrics.nonfinite_step == -1).all()

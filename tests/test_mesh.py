@@ -59,7 +59,7 @@ SHARDED = textwrap.dedent(
     from cljax.config import base_config
     out = {}
     # One device trains both; each mesh one of them (CI time).
-    for spec, names in (("runs:1", "lwf,cwr_plus"), ("runs:4,data:2", "lwf"), ("runs:8", "cwr_plus")):
+    for spec, names in (("runs:1", "lwf,cwr_plus,icarl"), ("runs:4,data:2", "lwf,icarl"), ("runs:8", "cwr_plus")):
         c = base_config()
         c.strategies, c.num_runs, c.num_batches, c.hidden_sizes = names, 3, 2, (16,)
         c.epochs_first = c.epochs = 1
@@ -76,8 +76,9 @@ SHARDED = textwrap.dedent(
 
 @pytest.mark.slow
 def test_runs_and_data_sharded_over_8_devices_equal_one_device(tmp_path):
-    """3 runs on one device equal LwF's (per-member soft targets) on a 4 x 2 mesh (runs sharded over
-    4 devices, mini-batches over 2) and CWR+'s (cached features after B_1) with the runs axis over 8
+    """3 runs on one device equal LwF's (per-member soft targets) and iCaRL's (epochs over each
+    member's stored rows too) on a 4 x 2 mesh (runs sharded over 4 devices, mini-batches over 2)
+    and CWR+'s (cached features after B_1) with the runs axis over 8
     devices (3 runs padded with idle copies to 8)."""
     proc = subprocess.run(
         [sys.executable, "-c", SHARDED, str(tmp_path)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=900

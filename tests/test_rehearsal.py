@@ -17,7 +17,7 @@ from cljax.models import HEAD
 from cljax.scenarios import load_dataset
 from cljax.strategies import StreamShape, gem, icarl, make_strategy, rehe
 from cljax.strategies import memory as mem
-from tests.helpers import batch_context, split_digits_final_accuracy, traced
+from tests.helpers import SPLIT_DIGITS_EPOCHS, batch_context, split_digits_final_accuracy, split_digits_record, traced
 
 NUM_CLASSES = 10
 NUM_BATCHES = 5
@@ -351,10 +351,17 @@ def naive_accuracy(digits):
 @pytest.mark.parametrize("name", ["rehe", "gem", "icarl"])
 def test_rehearsal_beats_naive_on_split_digits(digits, naive_accuracy, name):
     """Naive keeps only the last batch's 2 classes (about 0.2); a memory of 200 digits keeps the
-    earlier classes well above that."""
-    accuracy = split_digits_final_accuracy(digits, name)
+    earlier classes well above that. iCaRL's epochs run over B_i and its exemplars together: after
+    B_i, ⌊200 / t⌋ exemplars of each of the t = 2i classes seen, so each epoch of B_(i+1) takes
+    ⌈(n + 2i·⌊200 / 2i⌋) / 32⌉ steps (REHE and GEM: n / 32, their replay is inside each step)."""
+    record = split_digits_record(digits, name)
+    accuracy = record["accuracy"][-1]
     assert naive_accuracy < 0.3
     assert accuracy > naive_accuracy + 0.35, (name, accuracy, naive_accuracy)
+    seen = [2 * i for i in range(len(record["steps"]))]  # classes seen before each batch
+    stored = [t * (200 // t) if t and name == "icarl" else 0 for t in seen]
+    epoch_rows = np.add(record["train_examples"], stored)
+    np.testing.assert_array_equal(record["steps"], SPLIT_DIGITS_EPOCHS * -(-epoch_rows // 32))
 
 
 @pytest.mark.parametrize("name", ["rehe", "gem", "icarl"])

@@ -23,6 +23,9 @@ A continual-learning strategy is fully described by
 - ``gradients(state, minibatch, weights, key, loss_and_grad)`` (optional): the gradient of a
   training step; None is ``loss_and_grad(state.params, minibatch, weights)`` (rehearsal: replay
   a memory with the mini-batch, or project the gradient as GEM does);
+- ``union_rows(state)`` (optional): ``(rows, valid)``, stored rows ([S, ...], with the
+  mini-batch's keys) that every epoch trains on together with B_i's rows, only the ``valid``
+  ones (iCaRL: B_i together with the exemplars); each member then draws its own permutations;
 - ``importance(state)`` (optional, EWC/SI/AR1): ``{"F": raw importance, "F_hat":
   clipped importance}`` for diagnostics (paper Fig. 4-5);
 - ``default_head`` (App. A) and ``training_data``: ``"batch"`` trains on B_i,
@@ -50,7 +53,7 @@ import jax
 import optax
 from flax import struct
 
-from cljax.engine import GradientsFn, LossFn, Params, TrainState, cross_entropy
+from cljax.engine import GradientsFn, LossFn, Params, TrainState, UnionRowsFn, cross_entropy
 from cljax.hparams import HParam
 
 Data = dict[str, jax.Array]
@@ -95,6 +98,7 @@ class Strategy:
     eval_params: Callable[[TrainState], Params] = lambda state: state.params
     logits: Callable[[TrainState, jax.Array, Callable[..., jax.Array]], jax.Array] | None = None
     gradients: GradientsFn | None = None
+    union_rows: UnionRowsFn | None = None
     importance: Callable[[TrainState], dict[str, Any]] | None = None
     default_head: str = "maximal"  # App. A: maximal for all but LwF (expanding)
     training_data: str = "batch"  # batch: B_i | union: B_1 ∪ ... ∪ B_i (Cumulative)
