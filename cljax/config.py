@@ -81,6 +81,9 @@ def base_config() -> ml_collections.ConfigDict:
     # Model.
     c.model = "mlp"  # mlp | cifarnet | caffenet | googlenet | nin
     c.hidden_sizes = (400, 400)  # MLP hidden layers
+    # MLP: how its Dense layers start: lecun (flax: LeCun normal kernels, zero biases) | torch (PyTorch's
+    # nn.Linear: kernels and biases uniform in ±1/√fan_in, as Avalanche's reference models start).
+    c.dense_init = "lecun"
     c.lrn = True  # CaffeNet/GoogLeNet: Caffe's local response normalisation (False for torchvision weights)
     c.aux_loss_weight = 0.3  # GoogLeNet: weight of each auxiliary classifier's loss (Caffe 0.3; 0 = off)
     # The classifier layer: its path under params['params'] ("head"; "a/b" for a nested layer), for
@@ -267,6 +270,7 @@ def check_fields(config) -> None:
 def validate(config) -> None:
     """Raises ConfigError on the first bad field, before any data is read or anything trained."""
     from cljax.models import COMPUTE_DTYPES, MODELS
+    from cljax.models.mlp import DENSE_INITS
     from cljax.scenarios import core50, dataset_names
     from cljax.strategies import STRATEGIES
 
@@ -277,6 +281,15 @@ def validate(config) -> None:
     )
     _validate_core50_fields(config, core50)
     _check(config.model in MODELS, f"model={config.model!r} is unknown; allowed: {', '.join(sorted(MODELS))}")
+    _check(
+        config.dense_init in DENSE_INITS,
+        f"dense_init={config.dense_init!r} is unknown; allowed: {', '.join(DENSE_INITS)}",
+    )
+    _check(
+        config.dense_init == "lecun" or config.model == "mlp",
+        f"dense_init={config.dense_init!r} applies to model=mlp only; the other models keep their own "
+        "initialisation (dense_init='lecun')",
+    )
     _check(config.setting in SETTINGS, f"setting={config.setting!r} is unknown; allowed: {', '.join(SETTINGS)}")
     names = strategy_names(config)
     _check(bool(names), f"strategies={config.strategies!r} names no strategy; allowed: {', '.join(STRATEGIES)}")

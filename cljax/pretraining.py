@@ -160,7 +160,8 @@ def save_checkpoint(directory: str, params: engine.Params, summary: dict) -> Non
 
 def pretrain_fields(config) -> dict:
     """What the pre-trained weights depend on: the model, the data and the pre-training section."""
-    model_fields = ("model", "hidden_sizes", "lrn", "aux_loss_weight", "classifier", "dataset", "data_dir")
+    model_fields = ("model", "hidden_sizes", "dense_init", "lrn", "aux_loss_weight", "classifier")
+    model_fields += ("dataset", "data_dir")
     return {**{f: config[f] for f in model_fields}, "pretrain": config.pretrain.to_dict()}
 
 

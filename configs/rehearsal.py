@@ -9,7 +9,8 @@ batch, margin 0.5):
 
 - fashion_mnist: the protocol Avalanche's reference numbers for split Fashion-MNIST were measured
   with (README, "Results: rehearsal"): MLP 400-400, plain SGD with learning rate 0.01,
-  mini-batches of 128, 2 epochs per batch;
+  mini-batches of 128, 2 epochs per batch (add --config.dense_init=torch for its models'
+  PyTorch initialisation too);
 - digits: the default job's training (MLP 400-400, plain SGD at 0.05, mini-batches of 32,
   5 epochs): a batch of split digits has about 270 images, so Avalanche's protocol would take
   only 6 SGD steps per batch and no strategy would learn.

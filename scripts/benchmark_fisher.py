@@ -11,7 +11,8 @@ Methods (``fisher_batch_size`` = ``--chunk`` rows per chunk, as ``cljax.strategi
   for convolutions; only printed for models with convolutions);
 - ``vmapped``: every parameter by vmap of grad (per-pattern gradients materialised: EWC before);
 - ``minibatch``: App. A's variant (squared mini-batch gradients), for scale;
-- ``train epoch``: one epoch of SGD training on the same rows at mini-batch ``--batch_size``, for scale.
+- ``train epoch``: one epoch of SGD training on the same rows at mini-batch ``--batch_size``, for scale
+  (with the step loop a run would use: on the host for a convolutional model on CPU).
 
 Synthetic data (random images, 10 classes); prints the median seconds of ``--repeats`` calls after
 a compiling one, and the ratios. BUILD_NOTES.md records measured outputs with their commands.
@@ -31,6 +32,7 @@ from absl import app, flags
 
 from cljax import engine, fisher
 from cljax.config import base_config
+from cljax.experiment import step_loop
 from cljax.models import build_model
 from cljax.strategies.ewc import _example_losses, diagonal_fisher
 
@@ -90,7 +92,8 @@ def main(argv):
         model.apply, params, x, y, n, mask, jax.random.key(1), mode="minibatch", chunk=chunk
     )
     tx = engine.make_optimizer("sgd")
-    fit = engine.make_fit(model.apply, tx, engine.cross_entropy, _BATCH.value)
+    # The step loop the library picks (on the host for convolutions on CPU, jax-ml/jax#12868).
+    fit = engine.make_fit(model.apply, tx, engine.cross_entropy, _BATCH.value, loop=step_loop("auto", model, shape))
     state = engine.TrainState(params, engine.set_learning_rate(tx.init(params), 0.001), ())
     methods["train epoch"] = lambda: fit(state, {"x": x, "y": y}, n, 1, mask, jax.random.key(2))
 

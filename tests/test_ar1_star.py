@@ -136,7 +136,7 @@ def with_kernel(params, kernel):
     return {**params, "params": {**params["params"], "head": head}}
 
 
-SMALL = types.SimpleNamespace(hidden_sizes=(16, 8), lrn=True, aux_loss_weight=0.3)
+SMALL = types.SimpleNamespace(hidden_sizes=(16, 8), dense_init="lecun", lrn=True, aux_loss_weight=0.3)
 
 
 @pytest.mark.parametrize("name,input_shape,layer", [("mlp", (8, 8, 1), "fc1"), ("cifarnet", (32, 32, 3), "conv3")])

@@ -256,6 +256,34 @@ def test_small_input_forward_and_features_feed_head(name):
     assert logits.shape == (3, 7) and bool(jnp.all(jnp.isfinite(logits)))
 
 
+def test_mlp_dense_init_torch_draws_kernels_and_biases_uniformly_within_one_over_root_fan_in():
+    """dense_init='torch' (PyTorch's nn.Linear default, what Avalanche's models start from): every
+    kernel and bias of the MLP and its head uniform in ±1/√fan_in (variance bound²/3); 'lecun', the
+    default, keeps flax's LeCun normal kernels (variance 1/fan_in) and zero biases."""
+    from cljax.config import base_config
+
+    config = base_config()
+    config.hidden_sizes = (300, 200)
+    x = jnp.zeros((1, 28, 28, 1))
+    layers = {"body/fc1": 784, "body/fc2": 300, "head": 200}
+    for init in ("lecun", "torch"):
+        config.dense_init = init
+        params = build_model(config, 10).init(jax.random.key(0), x)["params"]
+        for path, fan_in in layers.items():
+            layer = params["body"][path.split("/")[1]] if path.startswith("body") else params[path]
+            kernel, bias = np.asarray(layer["kernel"]), np.asarray(layer["bias"])
+            assert kernel.shape[0] == fan_in
+            bound = 1 / math.sqrt(fan_in)
+            if init == "lecun":
+                np.testing.assert_allclose(kernel.var(), 1 / fan_in, rtol=0.1)
+                assert not bias.any()
+                continue
+            for values in (kernel, bias):
+                assert np.abs(values).max() <= bound
+                assert values.size < 200 or np.abs(values).max() > 0.9 * bound  # the range is used
+            np.testing.assert_allclose(kernel.var(), bound**2 / 3, rtol=0.05)
+
+
 def test_registry_has_the_paper_models():
     assert {"caffenet", "googlenet", "nin", "cifarnet"} <= set(MODELS)
 

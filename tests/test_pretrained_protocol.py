@@ -181,3 +181,22 @@ def test_without_a_workdir_the_protocol_needs_its_weights_given(fashion_dir):
     job = StrategyJob.build(config, "naive", dataset)
     with pytest.raises(ConfigError, match=r"^pretrain.slice='all10' trains from pre-trained weights.*init_checkpoint"):
         experiment.run_members(job, dataset, [0])
+
+
+def test_the_pretrained_cache_is_keyed_by_the_model_fields_and_the_pretraining_section():
+    """Weights pre-trained for one model do not serve another: a change to any field the weights
+    depend on (the MLP's widths or initialisation, the slice's epochs) is another cache entry; a
+    field they do not depend on (the stream's epochs) is the same entry."""
+    from cljax.config import base_config
+
+    config = base_config()
+    config.pretrain.slice = "all10"
+    first = pretraining.cache_path(config, "w")
+    for field, value in (("hidden_sizes", (8,)), ("dense_init", "torch"), ("pretrain.epochs", 3)):
+        changed = base_config()
+        changed.pretrain.slice = "all10"
+        section, _, name = field.rpartition(".")
+        (changed[section] if section else changed)[name] = value
+        assert pretraining.cache_path(changed, "w") != first, field
+    config.epochs = 7
+    assert pretraining.cache_path(config, "w") == first

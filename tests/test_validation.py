@@ -104,6 +104,12 @@ CASES = [
     ("unknown strategy", setter("strategies", "naive,bogus"), ["strategies", "'bogus'", "allowed", "naive"]),
     ("no strategy", setter("strategies", " , "), ["strategies", "allowed"]),
     ("unknown model", setter("model", "resnet9"), ["model", "'resnet9'", "allowed", "mlp"]),
+    ("unknown dense_init", setter("dense_init", "xavier"), ["dense_init", "'xavier'", "allowed", "lecun, torch"]),
+    (
+        "dense_init on a model other than the MLP",
+        lambda c, tmp_path: c.update({"dense_init": "torch", "model": "cifarnet"}),
+        ["dense_init='torch'", "model=mlp only"],
+    ),
     ("unknown dataset", setter("dataset", "imagenet"), ["dataset", "'imagenet'", "allowed", "digits"]),
     ("unknown setting", setter("setting", "nic"), ["setting", "'nic'", "sit"]),
     ("split does not divide", setter("classes_per_batch", 3), ["classes_per_batch", "3", "must divide"]),

@@ -32,7 +32,9 @@ HEAD = "head"
 
 # name -> factory(config, num_classes) -> nn.Module. Later models register here.
 MODELS: dict[str, Callable[..., nn.Module]] = {
-    "mlp": lambda config, num_classes: Classifier(MLPBody(tuple(config.hidden_sizes)), num_classes),
+    "mlp": lambda config, num_classes: Classifier(
+        MLPBody(tuple(config.hidden_sizes), dense_init=config.dense_init), num_classes, dense_init=config.dense_init
+    ),
     "cifarnet": lambda config, num_classes: Classifier(CifarNetBody(), num_classes),
     # The paper's CORe50 models at 128x128 (App. B, Table 3; NiN: Table 2).
     "caffenet": lambda config, num_classes: Classifier(CaffeNetBody(lrn=config.lrn), num_classes),

@@ -10,14 +10,18 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
+from cljax.models.mlp import dense_initializers
+
 
 class Classifier(nn.Module):
     body: nn.Module  # x -> [B, D] penultimate activations; its params live under "body"
     num_classes: int
+    dense_init: str = "lecun"  # the head's initialisation (``mlp.DENSE_INITS``)
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-        return nn.Dense(self.num_classes, name="head")(self.features(x, train))
+        h = self.features(x, train)
+        return nn.Dense(self.num_classes, name="head", **dense_initializers(self.dense_init, h.shape[-1]))(h)
 
     def features(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         return self.body(x, train)
