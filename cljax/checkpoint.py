@@ -45,7 +45,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-from cljax.config import RESUME_IGNORED_FIELDS, ConfigError
+from cljax.config import RESUME_IGNORED_FIELDS, ConfigError, base_config
 from cljax.engine import TrainState
 from cljax.files import write_json_atomic
 
@@ -322,9 +322,14 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def config_differences(stored: dict[str, Any], config: dict[str, Any]) -> list[str]:
-    """``field: stored -> new`` for every field that differs (``RESUME_IGNORED_FIELDS`` aside)."""
+    """``field: stored -> new`` for every field that differs (``RESUME_IGNORED_FIELDS`` aside).
+
+    A field the stored config lacks counts as the field's default: the config predates the field,
+    and a field is added with the default that keeps what the code did before it (e.g. ``dense_init``
+    = lecun, flax's initialisation), so a workdir of an older version resumes."""
     as_json = lambda d: _flatten(json.loads(json.dumps(d)))  # tuples -> lists, as stored
     old, new = as_json(stored), as_json(config)
+    old = {**{f: v for f, v in as_json(base_config().to_dict()).items() if f in new}, **old}
     return [
         f"{field}: {old.get(field, '(absent)')!r} -> {new.get(field, '(absent)')!r}"
         for field in sorted(set(old) | set(new))

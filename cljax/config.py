@@ -61,6 +61,9 @@ def update_section(config: ml_collections.ConfigDict, name: str, **values) -> No
 
 
 def base_config() -> ml_collections.ConfigDict:
+    """Every field and its default. A field added later must default to what the code did before it:
+    a workdir whose stored config lacks the field resumes as if it held the default
+    (``checkpoint.config_differences``)."""
     c = ml_collections.ConfigDict()
     # Data and scenario.
     # digits | fashion_mnist | cifar10 | cifar100 (split by classes_per_batch) |

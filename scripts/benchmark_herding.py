@@ -2,7 +2,7 @@
 against Alg. 4 evaluated directly (every candidate mean formed over N x D each step), side by side
 in one process, and both against a float64 reference.
 
-    PYTHONPATH=. python scripts/benchmark_herding.py                       # 12,000 x 400, 2 classes, quota 250
+    PYTHONPATH=. python scripts/benchmark_herding.py                       # 12,000 x 400, 2 of 10 classes, quota 250
     PYTHONPATH=. python scripts/benchmark_herding.py --reference=False     # timings only (the reference takes ~10 s)
 
 The features are random non-negative rows, L2-normalised (as after a ReLU): nearly parallel, the
@@ -28,7 +28,8 @@ from tests.test_rehearsal import herding_reference  # noqa: E402
 
 _ROWS = flags.DEFINE_integer("rows", 12000, "rows N (the batch's examples)")
 _DIM = flags.DEFINE_integer("dim", 400, "feature width D")
-_CLASSES = flags.DEFINE_integer("classes", 2, "classes among the rows")
+_CLASSES = flags.DEFINE_integer("classes", 2, "classes among the rows (B_i's)")
+_HEAD = flags.DEFINE_integer("num_classes", 10, "classes of the head (C; herding_ranks' num_classes)")
 _QUOTA = flags.DEFINE_integer("quota", 250, "exemplars per class")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "timed calls of each form")
 _REFERENCE = flags.DEFINE_boolean("reference", True, "also compare both forms' ranks with float64 Alg. 4")
@@ -65,21 +66,21 @@ def main(argv):
     args = (jnp.asarray(f, jnp.float32), jnp.asarray(labels), jnp.asarray(eligible), jnp.int32(_QUOTA.value))
     forms = {"centred (herding_ranks)": icarl.herding_ranks, "direct (Alg. 4 as written)": direct_ranks}
     compiled = {name: jax.jit(fn, static_argnums=4) for name, fn in forms.items()}
-    ranks = {name: np.asarray(fn(*args, _CLASSES.value)) for name, fn in compiled.items()}  # compiles
+    ranks = {name: np.asarray(fn(*args, _HEAD.value)) for name, fn in compiled.items()}  # compiles
     seconds = {name: [] for name in forms}
     for _ in range(_REPEATS.value):
         for name, fn in compiled.items():
             start = time.perf_counter()
-            jax.block_until_ready(fn(*args, _CLASSES.value))
+            jax.block_until_ready(fn(*args, _HEAD.value))
             seconds[name].append(time.perf_counter() - start)
-    shape = f"{_ROWS.value} x {_DIM.value} features, {_CLASSES.value} classes, quota {_QUOTA.value}"
+    shape = f"{_ROWS.value} x {_DIM.value} features, {_CLASSES.value} of {_HEAD.value} classes, quota {_QUOTA.value}"
     print(f"{shape}; load average {os.getloadavg()[0]:.2f}")
     for name, s in seconds.items():
         print(f"{name:<28} {min(s):.3f}-{max(s):.3f} s a call")
     (centred, direct) = ranks.values()
     print(f"ranks that differ between the forms: {int(np.sum(centred != direct))}")
     if _REFERENCE.value:
-        reference = herding_reference(f, labels, eligible, _QUOTA.value, _CLASSES.value)
+        reference = herding_reference(f, labels, eligible, _QUOTA.value, _HEAD.value)
         for name, r in ranks.items():
             print(f"{name:<28} ranks that differ from float64 Alg. 4: {int(np.sum(r != reference))}")
 

@@ -213,6 +213,28 @@ def drop_timings(record: dict) -> dict:
     return {k: v for k, v in record.items() if k != "train_seconds"}
 
 
+def test_a_workdir_of_a_config_without_a_newer_field_resumes_as_its_default(tmp_path, capsys):
+    """A config written before a field existed (here ``dense_init``) counts the field as its default:
+    the same run resumes; another value of the field is another config."""
+    config = tiny_config()
+    config.strategies = NAMES[0]
+    config.num_runs = 1
+    config.num_batches = 1
+    assert main.run(config, str(tmp_path)) == 0
+    for name in ("config.json", "results.json"):
+        path = tmp_path / name
+        data = json.loads(path.read_text())
+        (data if name == "config.json" else data["config"]).pop("dense_init")
+        path.write_text(json.dumps(data))
+    capsys.readouterr()
+    assert main.run(config, str(tmp_path)) == 0  # resumes: nothing left to train
+    assert "batch 1/1:" not in capsys.readouterr().out
+    changed = copy.deepcopy(config)
+    changed.dense_init = "torch"
+    assert main.run(changed, str(tmp_path)) == 2
+    assert "dense_init: 'lecun' -> 'torch'" in capsys.readouterr().err
+
+
 def test_workdir_of_another_config_is_refused(tmp_path, capsys):
     """A different config on a used workdir: exit 2, one line naming the workdir and the way out,
     nothing touched; the same config resumes (nothing left to do); overwrite=True starts again."""
