@@ -153,6 +153,20 @@ def limit_traces(fn: Callable[..., Any], n: int | None) -> Callable[..., Any]:
 # on the run (training data, masks, keys) carry the [R] axis alone, so grid points share one
 # copy of their run's data; hyperparameters carry [G].
 MEMBER, RUN, GRID = "member", "run", "grid"
+# The named axes of the member stack ``vmap_members`` is tracing (innermost last; () for one member,
+# unbatched): what ``any_member`` reduces over.
+_member_axes: list[tuple[str, ...]] = []
+
+
+def any_member(flag: jax.Array) -> jax.Array:
+    """Whether ``flag`` (a bool scalar per member) holds for some member of the stack being traced:
+    one value for all of them. A ``lax.cond`` on it stays a branch under ``vmap_members``, where a
+    per-member predicate would run both branches for every member (REHE skips replaying an empty
+    memory). Outside ``vmap_members``, ``flag`` itself."""
+    axes = _member_axes[-1] if _member_axes else ()
+    if not axes:
+        return flag
+    return jax.lax.pmax(flag.astype(jnp.int32), axes) > 0
 
 
 def vmap_members(fn: Callable[..., Any], kinds: Sequence[str | None]) -> Callable[..., Any]:
@@ -165,8 +179,8 @@ def vmap_members(fn: Callable[..., Any], kinds: Sequence[str | None]) -> Callabl
     ``fn`` directly on the member: a batch axis of size 1 still turns every matmul into a
     batched one, which XLA:CPU runs ~10% slower (BUILD_NOTES, "Strategy overhead").
     """
-    inner = jax.vmap(fn, in_axes=tuple(0 if k in (MEMBER, GRID) else None for k in kinds))
-    mapped = jax.vmap(inner, in_axes=tuple(0 if k in (MEMBER, RUN) else None for k in kinds))
+    inner = jax.vmap(fn, in_axes=tuple(0 if k in (MEMBER, GRID) else None for k in kinds), axis_name=GRID)
+    mapped = jax.vmap(inner, in_axes=tuple(0 if k in (MEMBER, RUN) else None for k in kinds), axis_name=RUN)
     member_axes = {MEMBER: 2, RUN: 1, GRID: 1}
 
     def one_member(arg, kind):
@@ -183,10 +197,14 @@ def vmap_members(fn: Callable[..., Any], kinds: Sequence[str | None]) -> Callabl
             if kind is not None
             for leaf in jax.tree.leaves(arg)
         )
-        if not single:
-            return mapped(*args)
-        member = [one_member(arg, kind) for arg, kind in zip(args, kinds, strict=True)]
-        return stack_members(fn(*member))
+        _member_axes.append(() if single else (RUN, GRID))
+        try:
+            if not single:
+                return mapped(*args)
+            member = [one_member(arg, kind) for arg, kind in zip(args, kinds, strict=True)]
+            return stack_members(fn(*member))
+        finally:
+            _member_axes.pop()
 
     return call
 

@@ -243,3 +243,23 @@ def test_union_rows_make_each_epoch_a_permutation_of_the_batch_and_the_valid_sto
         np.testing.assert_allclose(visits[g], np.concatenate([expected_batch, epochs * np.asarray(valid[0, g])]))
     np.testing.assert_array_equal(metrics.steps[0], [epochs * (n + 2), epochs * (n + 4)])
     assert (metrics.nonfinite_step == -1).all()
+
+
+def test_any_member_is_one_predicate_for_the_whole_stack_so_a_cond_stays_a_branch():
+    """``any_member`` inside ``vmap_members``: true for every member when it holds for one, and the
+    ``lax.cond`` on it stays a ``cond`` (a per-member predicate becomes a select that runs both
+    branches); for one member, unbatched, it is the member's own flag."""
+
+    def member(w, flag):
+        return jax.lax.cond(engine.any_member(flag), lambda: w * 2, lambda: w + 1)
+
+    fn = engine.vmap_members(member, (engine.MEMBER, engine.MEMBER))
+    w = jnp.full((2, 3, 4), 3.0)
+    one_flag = jnp.zeros((2, 3), bool).at[1, 2].set(True)
+    np.testing.assert_array_equal(fn(w, one_flag), 6.0)
+    np.testing.assert_array_equal(fn(w, jnp.zeros((2, 3), bool)), 4.0)
+    primitives = [e.primitive.name for e in jax.make_jaxpr(fn)(w, one_flag).jaxpr.eqns]
+    assert "cond" in primitives and "select_n" not in primitives, primitives
+    np.testing.assert_array_equal(fn(w[:1, :1], one_flag[1:, 2:]), 6.0)
+    np.testing.assert_array_equal(fn(w[:1, :1], one_flag[:1, :1]), 4.0)
+    assert engine.any_member(jnp.bool_(True))  # outside vmap_members: the flag itself

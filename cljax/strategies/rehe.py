@@ -19,7 +19,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from cljax.engine import LossAndGrad, TrainState
+from cljax.engine import LossAndGrad, TrainState, any_member
 from cljax.hparams import positive
 from cljax.strategies import memory as mem
 from cljax.strategies.base import BatchContext, Data, Strategy, StrategySpec
@@ -30,11 +30,18 @@ HPARAMS = {
 
 
 def replay(state: TrainState, mini: Data, weights_B: jax.Array, key: jax.Array, loss_and_grad: LossAndGrad):
-    """The loss and gradient of the mini-batch of B_i together with as many stored examples."""
+    """The loss and gradient of the mini-batch of B_i together with as many stored examples. While
+    every member's memory is empty (B_1) the stored rows would weigh nothing: the mini-batch alone."""
     memory = state.strategy_state["memory"]
-    idx, stored_weights = mem.sample(memory, key, weights_B.shape[0])
-    both = mem.concat(mini, mem.as_minibatch(memory, idx, mini))
-    return loss_and_grad(state.params, both, jnp.concatenate([weights_B, stored_weights]))
+
+    def with_memory():
+        idx, stored_weights = mem.sample(memory, key, weights_B.shape[0])
+        both = mem.concat(mini, mem.as_minibatch(memory, idx, mini))
+        return loss_and_grad(state.params, both, jnp.concatenate([weights_B, stored_weights]))
+
+    return jax.lax.cond(
+        any_member(jnp.any(memory.valid)), with_memory, lambda: loss_and_grad(state.params, mini, weights_B)
+    )
 
 
 def refill(state: TrainState, ctx: BatchContext) -> TrainState:
