@@ -5,6 +5,7 @@ sums them while it is open."""
 from __future__ import annotations
 
 import collections
+import time
 
 import jax
 
@@ -31,10 +32,16 @@ class CompileClock:
 
     def __enter__(self) -> CompileClock:
         jax.monitoring.register_event_duration_secs_listener(self._listen)
+        self.started = time.perf_counter()
         return self
 
     def __exit__(self, *exc) -> None:
         jax.monitoring.unregister_event_duration_listener(self._listen)
+
+    @property
+    def elapsed(self) -> float:
+        """Wall seconds since the block was entered."""
+        return time.perf_counter() - self.started
 
     @property
     def total(self) -> float:

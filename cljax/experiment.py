@@ -809,15 +809,18 @@ def run_experiment(
     """``run_job`` with its compile and wall times measured: a line per strategy, and
     ``<workdir>/timings.json`` (seconds of tracing, lowering, XLA compilation and cache reads, per
     strategy and for the job; results.json stays free of timings that differ between reruns)."""
-    start = time.perf_counter()
     with compile_time.CompileClock() as clock:
         timings: dict[str, Any] = {"strategies": {}}
         results = run_job(config, workdir, log, show_progress, callbacks, dataset, clock, timings)
-    timings.update(wall_seconds=round(time.perf_counter() - start, 3), compile=compile_time.since(clock.snapshot()))
-    if is_primary() and os.path.isdir(workdir):
-        write_json_atomic(os.path.join(workdir, "timings.json"), timings)
+        if "wall_seconds" not in timings:  # another process wrote timings.json
+            finish_timings(timings, clock)
     log_line(f"compiling took {timings['compile']['total']:.1f} s of the job's {timings['wall_seconds']:.1f} s")
     return results
+
+
+def finish_timings(timings: dict, clock: compile_time.CompileClock) -> None:
+    """The job's wall and compile seconds so far, beside the per-strategy ones."""
+    timings.update(wall_seconds=round(clock.elapsed, 3), compile=compile_time.since(clock.snapshot()))
 
 
 def run_job(
@@ -966,5 +969,7 @@ def _run_jobs(
             started = time.perf_counter()
             report.write_report(workdir)
             timings["report_seconds"] = round(time.perf_counter() - started, 3)
+        finish_timings(timings, clock)
+        write_json_atomic(os.path.join(workdir, "timings.json"), timings)  # under the workdir lock, as results
     mesh.sync("results written")
     return results

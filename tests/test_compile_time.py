@@ -28,9 +28,22 @@ def test_clock_counts_a_compilation_once():
     assert clock.snapshot() == second
 
 
-def test_job_writes_compile_and_wall_times(tiny_config, tmp_path):
+def test_job_writes_compile_and_wall_times(tiny_config, tmp_path, monkeypatch):
+    """timings.json, like results.json, is written while the job holds the workdir's lock (a second
+    job on the workdir cannot start in between)."""
+    from cljax import workdir
+
+    release = workdir.WorkdirLock.__exit__
+    seen_at_release = []
+
+    def checked_release(self, *exc):
+        seen_at_release.append((tmp_path / "timings.json").exists())
+        return release(self, *exc)
+
+    monkeypatch.setattr(workdir.WorkdirLock, "__exit__", checked_release)
     tiny_config.strategies, tiny_config.report = "naive,ewc", True
     run_experiment(tiny_config, str(tmp_path), log=lambda event: None, show_progress=False)
+    assert seen_at_release == [True]
     with open(tmp_path / "timings.json") as f:
         timings = json.load(f)
     assert set(timings["strategies"]) == {"naive", "ewc"}
