@@ -67,7 +67,7 @@ def herding_ranks(
 
     The classes are herded one after the other (a loop over the classes present): a step is then one
     [N, D] x [D] product, which XLA:CPU runs ~5x faster than the [N, D] x [D, C] product that serves
-    every class at once (BUILD_NOTES, "iCaRL's herding")."""
+    every class at once (BUILD_NOTES, "iCaRL over the union, herding one class at a time")."""
     n = labels_N.shape[0]
     labels = jnp.where(eligible_N, labels_N, 0)
     member_CxN = (labels[None, :] == jnp.arange(num_classes)[:, None]) & eligible_N[None, :]
