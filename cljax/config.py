@@ -273,7 +273,7 @@ def check_fields(config) -> None:
 def validate(config) -> None:
     """Raises ConfigError on the first bad field, before any data is read or anything trained."""
     from cljax.models import COMPUTE_DTYPES, MODELS
-    from cljax.models.mlp import DENSE_INITS
+    from cljax.models.classifier import DENSE_INITS
     from cljax.scenarios import core50, dataset_names
     from cljax.strategies import STRATEGIES
 

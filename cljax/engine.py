@@ -360,12 +360,12 @@ def make_member_fit(
 
         return {k: pick(data[k], stored[k]) for k in data}
 
-    def member_step(state, run_data, member_data, order, s, num_examples, logit_mask, epoch_key, active):
-        """Mini-batch ``s`` of an epoch for one member; applied only where ``active`` and finite
-        (the partial last mini-batch's missing rows weigh zero)."""
+    def member_step(state, run_data, member_data, order, s, rows, logit_mask, epoch_key, active):
+        """Mini-batch ``s`` of an epoch of ``rows`` rows for one member; applied only where ``active``
+        and finite (the partial last mini-batch's missing rows weigh zero)."""
         start = s * batch_size
         idx = jax.lax.dynamic_slice(order, (start,), (batch_size,))
-        weights = (start + jnp.arange(batch_size) < member_rows(state, num_examples)).astype(jnp.float32)
+        weights = (start + jnp.arange(batch_size) < rows).astype(jnp.float32)
         mini = gather_rows(state, {**run_data, **member_data}, idx)
         new_state, loss, finite = train_step(state, mini, weights, logit_mask, jax.random.fold_in(epoch_key, s))
         ok = active & finite
@@ -374,7 +374,7 @@ def make_member_fit(
 
     # Without stored rows a run's members share its epoch permutations; with them each member has its own.
     order_kind = RUN if union_rows is None else MEMBER
-    step_members = vmap_members(member_step, (MEMBER, RUN, MEMBER, order_kind, None, RUN, RUN, order_kind, MEMBER))
+    step_members = vmap_members(member_step, (MEMBER, RUN, MEMBER, order_kind, None, MEMBER, RUN, order_kind, MEMBER))
     rows_of_members = vmap_members(member_rows, (MEMBER, RUN))
 
     def new_orders(states, run_data, member_data, keys, epoch, num_examples):
@@ -421,7 +421,8 @@ def make_member_fit(
     def one_step(carry: Carry, run_data, member_data, epoch, s, num_examples, epochs, logit_mask, keys) -> Carry:
         """Step ``s`` of epoch ``epoch`` for every member: a new epoch's permutation first (s = 0),
         the epoch's mean loss last (after its longest member's final step)."""
-        member_steps = steps_per_epoch(rows_of_members(carry.states, num_examples))  # [R, G]
+        rows = rows_of_members(carry.states, num_examples)  # [R, G]
+        member_steps = steps_per_epoch(rows)
         orders, epoch_keys = jax.lax.cond(
             s == 0,
             lambda: new_orders(carry.states, run_data, member_data, keys, epoch, num_examples),
@@ -429,7 +430,7 @@ def make_member_fit(
         )
         active = (epoch < epochs) & (s < member_steps) & (carry.bad < 0)
         states, loss, finite = step_members(
-            carry.states, run_data, member_data, orders, s, num_examples, logit_mask, epoch_keys, active
+            carry.states, run_data, member_data, orders, s, rows, logit_mask, epoch_keys, active
         )
         bad = jnp.where((carry.bad < 0) & active & ~finite, carry.steps, carry.bad)
         loss_sum = carry.loss_sum + loss

@@ -4,6 +4,7 @@ in one process, and both against a float64 reference.
 
     PYTHONPATH=. python scripts/benchmark_herding.py                       # 12,000 x 400, 2 of 10 classes, quota 250
     PYTHONPATH=. python scripts/benchmark_herding.py --reference=False     # timings only (the reference takes ~10 s)
+    PYTHONPATH=. python scripts/benchmark_herding.py --against=aebade6     # also herding_ranks as that revision had it
 
 The features are random non-negative rows, L2-normalised (as after a ReLU): nearly parallel, the
 case where a form that cancels large terms loses precision. BUILD_NOTES ("Engine and herding
@@ -24,6 +25,7 @@ from absl import app, flags
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from cljax.strategies import icarl  # noqa: E402
+from scripts.benchmark_revision import module_at_revision  # noqa: E402
 from tests.test_rehearsal import herding_reference  # noqa: E402
 
 _ROWS = flags.DEFINE_integer("rows", 12000, "rows N (the batch's examples)")
@@ -32,6 +34,7 @@ _CLASSES = flags.DEFINE_integer("classes", 2, "classes among the rows (B_i's)")
 _HEAD = flags.DEFINE_integer("num_classes", 10, "classes of the head (C; herding_ranks' num_classes)")
 _QUOTA = flags.DEFINE_integer("quota", 250, "exemplars per class")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "timed calls of each form")
+_AGAINST = flags.DEFINE_string("against", "", "a git revision: time its icarl.herding_ranks beside today's")
 _REFERENCE = flags.DEFINE_boolean("reference", True, "also compare both forms' ranks with float64 Alg. 4")
 
 
@@ -65,6 +68,10 @@ def main(argv):
     eligible = np.ones(_ROWS.value, bool)
     args = (jnp.asarray(f, jnp.float32), jnp.asarray(labels), jnp.asarray(eligible), jnp.int32(_QUOTA.value))
     forms = {"centred (herding_ranks)": icarl.herding_ranks, "direct (Alg. 4 as written)": direct_ranks}
+    if _AGAINST.value:
+        forms[f"herding_ranks at {_AGAINST.value}"] = module_at_revision(
+            _AGAINST.value, "cljax/strategies/icarl.py", "icarl_before"
+        ).herding_ranks
     compiled = {name: jax.jit(fn, static_argnums=4) for name, fn in forms.items()}
     ranks = {name: np.asarray(fn(*args, _HEAD.value)) for name, fn in compiled.items()}  # compiles
     seconds = {name: [] for name in forms}
@@ -77,8 +84,10 @@ def main(argv):
     print(f"{shape}; load average {os.getloadavg()[0]:.2f}")
     for name, s in seconds.items():
         print(f"{name:<28} {min(s):.3f}-{max(s):.3f} s a call")
-    (centred, direct) = ranks.values()
-    print(f"ranks that differ between the forms: {int(np.sum(centred != direct))}")
+    centred = ranks["centred (herding_ranks)"]
+    for name, r in ranks.items():
+        if r is not centred:
+            print(f"{name:<28} ranks that differ from herding_ranks': {int(np.sum(r != centred))}")
     if _REFERENCE.value:
         reference = herding_reference(f, labels, eligible, _QUOTA.value, _HEAD.value)
         for name, r in ranks.items():

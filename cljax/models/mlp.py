@@ -3,36 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
-# How Dense layers start (config.dense_init): lecun is flax's default; torch is PyTorch's nn.Linear
-# default, which Avalanche's models (the rehearsal baselines' reference numbers) start from.
-DENSE_INITS = ("lecun", "torch")
-
-
-def dense_initializers(name: str, fan_in: int) -> dict[str, Any]:
-    """``nn.Dense`` initialiser arguments: lecun, LeCun normal kernels and zero biases (flax's
-    defaults); torch, kernels and biases uniform in ±1/√fan_in (PyTorch's ``kaiming_uniform_(a=√5)``
-    and its bias rule)."""
-    if name == "lecun":
-        return {}
-    if name == "torch":
-        bound = 1.0 / float(fan_in) ** 0.5
-
-        def uniform(key, shape, dtype=jnp.float32):
-            return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-        return {"kernel_init": uniform, "bias_init": uniform}
-    raise ValueError(f"dense_init={name!r} is unknown; allowed: {', '.join(DENSE_INITS)}")
+from cljax.models.classifier import dense_initializers
 
 
 class MLPBody(nn.Module):
     hidden_sizes: Sequence[int] = (400, 400)
-    dense_init: str = "lecun"  # DENSE_INITS
+    dense_init: str = "lecun"  # classifier.DENSE_INITS
 
     @nn.compact
     def __call__(self, x_BxHxWxC: jnp.ndarray, train: bool = False) -> jnp.ndarray:
